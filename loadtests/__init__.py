@@ -1,0 +1,1 @@
+"""Load tests, SLO gates and the ``asyncproof`` command line."""

@@ -1,0 +1,67 @@
+"""Rendering scrapes: text or OpenMetrics, off the event loop, on the app's port or a separate one."""
+
+from __future__ import annotations
+
+import asyncio
+import socketserver
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import choose_encoder
+
+from monitoring.multiprocess import MultiprocessCollector
+
+
+class Exposition:
+    """What a scrape shows: the registry itself, or in multiprocess mode the sum of every worker's files."""
+
+    def __init__(self, registry: CollectorRegistry, multiprocess_dir: str | None) -> None:
+        if multiprocess_dir:
+            self.registry = CollectorRegistry(auto_describe=False)
+            self.registry.register(MultiprocessCollector(multiprocess_dir))
+        else:
+            self.registry = registry
+        # One dedicated thread: rendering (reading every worker's files in multiprocess mode) never
+        # runs on the event loop, and never takes a token from AnyIO's threadpool that requests need.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncproof-scrape")
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    async def render_async(self, accept: str | None) -> tuple[bytes, str]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.render, accept)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _ReusePortServer(socketserver.ThreadingMixIn, WSGIServer):
+    # Every Gunicorn worker binds the metrics port; the kernel spreads scrapes over them, and as each
+    # renders the sum of all workers it does not matter which one answers.
+    allow_reuse_address = True
+    allow_reuse_port = True
+    daemon_threads = True
+
+
+class MetricsServer:
+    """Serves ``/metrics`` (any path, as prometheus_client does) on its own port from a daemon thread."""
+
+    def __init__(self, exposition: Exposition, host: str, port: int) -> None:
+        self._httpd = make_server(
+            host, port, make_wsgi_app(exposition.registry), _ReusePortServer, handler_class=_QuietHandler
+        )
+        self.port = self._httpd.server_port
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="asyncproof-metrics-server", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

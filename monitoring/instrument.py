@@ -1,0 +1,182 @@
+"""``instrument(app)``: the one call that adds metrics, health and request ids to an app."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterable
+from types import FrameType
+from typing import Any
+
+import prometheus_client.values
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from monitoring.exposition import Exposition, MetricsServer
+from monitoring.health import Health
+from monitoring.metrics import Metrics
+from monitoring.middleware import InstrumentationMiddleware
+from monitoring.multiprocess import multiprocess_dir
+from monitoring.recorder import HttpRecorder
+from monitoring.runtime import ProcessCollector, RuntimeSampler
+
+
+class Instrumentation:
+    """The configuration, metrics, health registry and runtime sampler of one instrumented app.
+
+    Made by :func:`instrument`; use it to register readiness checks (``add_check``) and to hand
+    ``metrics`` to the cache, database and task helpers.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        metrics_path: str = "/metrics",
+        health_path: str = "/health",
+        metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
+        exclude_paths: Iterable[str] | None = None,
+        request_id_header: str | None = "X-Request-ID",
+        server_timing: bool = True,
+        access_log: bool = False,
+        readiness_cache_seconds: float = 1.0,
+        service_id: str | None = None,
+        loop_lag_interval: float = 0.1,
+        flush_interval: float = 0.5,
+        report_interval: float = 1.0,
+    ) -> None:
+        for name, path in (("metrics_path", metrics_path), ("health_path", health_path)):
+            if not path.startswith("/") or path.endswith("/"):
+                raise ValueError(f"{name} must start with '/' and not end with one, got {path!r}")
+        if not 0 < flush_interval <= 1:
+            raise ValueError("flush_interval must be in (0, 1] seconds: a scrape must show requests 1 s old")
+        self.multiprocess_dir = multiprocess_dir()
+        if self.multiprocess_dir and not _writes_multiprocess_files():
+            raise RuntimeError(
+                "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported, so metrics would "
+                "stay in this process; set it before the app is imported (monitoring.gunicorn does this "
+                "when the Gunicorn config imports it)"
+            )
+        self.metrics = Metrics(registry)
+        self.registry = self.metrics.registry
+        if not self.multiprocess_dir:
+            _install_process_collector(self.registry)
+        self.metrics_path = metrics_path
+        self.health_path = health_path
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.excluded_paths = frozenset(
+            exclude_paths
+            if exclude_paths is not None
+            else {metrics_path, health_path, f"{health_path}/live", f"{health_path}/ready"}
+        )
+        self.request_id_header = request_id_header.lower().encode("latin-1") if request_id_header else None
+        self.server_timing = server_timing
+        self.access_log = access_log
+        self.health = Health(cache_seconds=readiness_cache_seconds, service_id=service_id)
+        self.recorder = HttpRecorder(self.metrics.http_duration, self.metrics.http_active)
+        self.sampler = RuntimeSampler(
+            self.metrics,
+            self.recorder,
+            interval=loop_lag_interval,
+            flush_interval=flush_interval,
+            report_interval=report_interval,
+            multiprocess_dir=self.multiprocess_dir,
+        )
+        self.exposition = Exposition(self.registry, self.multiprocess_dir)
+        self.metrics_server: MetricsServer | None = None
+        self._previous_sigterm: Any = None
+
+    def add_check(self, name: str, func: Any, *, timeout: float = 1.0, critical: bool = True) -> None:
+        """Register an async readiness check; see :meth:`monitoring.health.Health.add_check`."""
+        self.health.add_check(name, func, timeout=timeout, critical=critical)
+
+    def routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = [
+            Route(f"{self.health_path}/live", self.health.live_endpoint, methods=["GET"], include_in_schema=False),
+            Route(f"{self.health_path}/ready", self.health.ready_endpoint, methods=["GET"], include_in_schema=False),
+            Route(self.health_path, self.health.health_endpoint, methods=["GET"], include_in_schema=False),
+        ]
+        if self.metrics_port is None:
+            routes.append(Route(self.metrics_path, self.metrics_endpoint, methods=["GET"], include_in_schema=False))
+        return routes
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        self.sampler.sample_now()
+        body, content_type = await self.exposition.render_async(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    async def start(self) -> None:
+        """Start the runtime sampler (and the metrics port); the middleware calls this at lifespan startup."""
+        self.health.shutting_down = False
+        self.sampler.start()
+        if self.metrics_port is not None and self.metrics_server is None:
+            self.metrics_server = MetricsServer(self.exposition, self.metrics_host, self.metrics_port)
+        self._chain_sigterm()
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` started and flush what is buffered."""
+        self.health.begin_shutdown()
+        await self.sampler.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _chain_sigterm(self) -> None:
+        # Uvicorn (also under Gunicorn) drains on SIGTERM but runs the lifespan shutdown only once
+        # in-flight requests are done. Readiness must turn 503 as the drain starts, so mark it first
+        # and hand the signal on. Only where a server installed a handler: never change what SIGTERM
+        # does to a process that kept the default.
+        if threading.current_thread() is not threading.main_thread() or self._previous_sigterm is not None:
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            self.health.begin_shutdown()
+            previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        self._previous_sigterm = previous
+
+
+def _writes_multiprocess_files() -> bool:
+    return getattr(prometheus_client.values.ValueClass, "__name__", "") != "MutexValue"
+
+
+def _install_process_collector(registry: CollectorRegistry) -> None:
+    # Ours carries a pid label and the thread count, like multiprocess mode; it takes the place of
+    # prometheus_client's default one, which exports the same names.
+    from prometheus_client import PROCESS_COLLECTOR
+
+    try:
+        registry.unregister(PROCESS_COLLECTOR)
+    except KeyError:
+        pass
+    try:
+        registry.register(ProcessCollector())
+    except ValueError:  # a second instrument() on the same registry: it is there already
+        pass
+
+
+def instrument(app: Starlette, **options: Any) -> Instrumentation:
+    """Instrument a FastAPI or Starlette app: metrics middleware, ``/metrics``, health endpoints.
+
+    Call before the app starts serving. Options are the keyword arguments of :class:`Instrumentation`.
+    Returns the :class:`Instrumentation`, also stored as ``app.state.asyncproof``.
+    """
+    if not isinstance(app, Starlette):
+        raise TypeError(f"instrument() takes a FastAPI or Starlette app, got {type(app).__name__}")
+    instrumentation = Instrumentation(**options)
+    app.add_middleware(InstrumentationMiddleware, instrumentation=instrumentation)
+    app.router.routes[0:0] = instrumentation.routes()
+    app.state.asyncproof = instrumentation
+    return instrumentation

@@ -1,0 +1,65 @@
+"""prometheus_client objects for the contract's metrics, made once per registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from monitoring import contract
+from monitoring.contract import MetricSpec
+from monitoring.multiprocess import multiprocess_dir
+
+
+def make_metric(spec: MetricSpec, registry: CollectorRegistry | None) -> Any:
+    """A prometheus_client metric for ``spec``, registered in ``registry`` (``None``: unregistered)."""
+    if spec.kind == "counter":
+        return Counter(spec.name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "gauge":
+        return Gauge(spec.name, spec.help, spec.labels, registry=registry, multiprocess_mode=spec.gauge_mode)
+    return Histogram(spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
+
+
+class Metrics:
+    """Every metric of the contract, ready to record.
+
+    One instance per registry: :func:`monitoring.instrument` makes one, and the cache, database and
+    task helpers take it (``instrumentation.metrics``) so that all of them write to the same series.
+    A process without an app (a Celery worker, a process-pool child) makes its own.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = REGISTRY if registry is None else registry
+        self.multiprocess = multiprocess_dir() is not None
+        r = self.registry
+        self.http_duration = make_metric(contract.HTTP_SERVER_REQUEST_DURATION, r)
+        self.http_active = make_metric(contract.HTTP_SERVER_ACTIVE_REQUESTS, r)
+        self.loop_lag = make_metric(contract.ASYNCIO_EVENT_LOOP_LAG, r)
+        self.threadpool_borrowed = make_metric(contract.ANYIO_THREADPOOL_BORROWED, r)
+        self.threadpool_total = make_metric(contract.ANYIO_THREADPOOL_TOTAL, r)
+        self.threadpool_waiting = make_metric(contract.ANYIO_THREADPOOL_WAITING, r)
+        self.system_cpu = make_metric(contract.SYSTEM_CPU_UTILIZATION, r)
+        self.system_memory = make_metric(contract.SYSTEM_MEMORY_UTILIZATION, r)
+        self.tasks_submitted = make_metric(contract.TASKS_SUBMITTED, r)
+        self.tasks_completed = make_metric(contract.TASKS_COMPLETED, r)
+        self.task_duration = make_metric(contract.TASK_DURATION, r)
+        self.task_queue_wait = make_metric(contract.TASK_QUEUE_WAIT, r)
+        self.tasks_in_progress = make_metric(contract.TASKS_IN_PROGRESS, r)
+        self.cache_hits = make_metric(contract.CACHE_HITS, r)
+        self.cache_misses = make_metric(contract.CACHE_MISSES, r)
+        self.cache_evictions = make_metric(contract.CACHE_EVICTIONS, r)
+        self.cache_size = make_metric(contract.CACHE_SIZE, r)
+        self.db_connections = make_metric(contract.DB_CLIENT_CONNECTIONS, r)
+        self.db_connections_max = make_metric(contract.DB_CLIENT_CONNECTIONS_MAX, r)
+        self.db_connection_wait = make_metric(contract.DB_CLIENT_CONNECTION_WAIT, r)
+        self.db_connection_timeouts = make_metric(contract.DB_CLIENT_CONNECTION_TIMEOUTS, r)
+        # Per-worker metrics: a `liveall` gauge each (pid label, removed with the worker). They stay
+        # out of the registry, whose default process collector already uses these names; in
+        # multiprocess mode the scrape reads them from the workers' files.
+        self.loop_lag_max = make_metric(contract.ASYNCIO_EVENT_LOOP_LAG_MAX, None if self.multiprocess else r)
+        self.per_process_gauges: dict[str, Any] = {}
+        if self.multiprocess:
+            for spec in contract.ALL_METRICS:
+                if spec.per_process and spec is not contract.ASYNCIO_EVENT_LOOP_LAG_MAX:
+                    gauge_spec = MetricSpec(spec.exposed_name, "gauge", spec.help, gauge_mode="liveall")
+                    self.per_process_gauges[spec.exposed_name] = make_metric(gauge_spec, None)

@@ -1,0 +1,150 @@
+"""Pure ASGI middleware: RED metrics, request id, Server-Timing, and the lifespan hooks of `monitoring`."""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, STANDARD_METHODS, UNMATCHED_ROUTE
+from monitoring.request_id import _current, accept_request_id, new_request_id
+from monitoring.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from monitoring.instrument import Instrumentation
+
+access_logger = logging.getLogger("asyncproof.access")
+
+
+def route_template(scope: Scope, root_path: str) -> str:
+    """The matched route's template, prefixed by any ``Mount`` it sits under; never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:
+        return UNMATCHED_ROUTE
+    mounted = scope.get("root_path", "")
+    if mounted != root_path and mounted.startswith(root_path):
+        return mounted[len(root_path) :] + path
+    return str(path)
+
+
+class InstrumentationMiddleware:
+    def __init__(self, app: ASGIApp, *, instrumentation: Instrumentation) -> None:
+        self.app = app
+        self.instrumentation = instrumentation
+        self.recorder = instrumentation.recorder
+        self.excluded = instrumentation.excluded_paths
+        self.header = instrumentation.request_id_header
+        self.server_timing = instrumentation.server_timing
+        self.access_log = instrumentation.access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        if scope["path"] in self.excluded:
+            await self.app(scope, receive, send)
+            return
+
+        start = perf_counter()
+        method = scope["method"]
+        if method not in STANDARD_METHODS:
+            method = OTHER_METHOD
+        root_path = scope.get("root_path", "")
+        request_id = None
+        if self.header is not None:
+            for name, value in scope["headers"]:
+                if name == self.header:
+                    if accept_request_id(value):
+                        request_id = value.decode("ascii")
+                    break
+            if request_id is None:
+                request_id = new_request_id()
+        token = _current.set(request_id)
+        active = self.recorder.active
+        active[method] += 1
+        status = 0
+        finished = 0.0
+        disconnected = False
+
+        async def receive_wrapper() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, finished
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if request_id is not None or self.server_timing:
+                    headers = message["headers"] = list(message.get("headers", ()))
+                    if request_id is not None:
+                        headers.append((self.header, request_id.encode("ascii")))
+                    if self.server_timing:
+                        headers.append((b"server-timing", b"app;dur=%.3f" % ((perf_counter() - start) * 1000)))
+            elif not message.get("more_body", False):
+                await send(message)
+                # The last body byte is out: the request is over for the client, whatever the app
+                # (BackgroundTasks) does next.
+                finished = perf_counter()
+                active[method] -= 1
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except BaseException:
+            if not finished:
+                status = CLIENT_CLOSED_REQUEST if disconnected else 500
+            raise
+        finally:
+            if not finished:
+                finished = perf_counter()
+                active[method] -= 1
+                if disconnected:
+                    status = CLIENT_CLOSED_REQUEST
+                elif not status:  # the app returned without starting a response
+                    status = 500
+            route = route_template(scope, root_path)
+            self.recorder.buffer.append((method, route, status, finished - start))
+            if self.access_log:
+                self._log_access(scope, method, route, status, finished - start)
+            _current.reset(token)
+
+    def _log_access(self, scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
+        client = scope.get("client")
+        access_logger.info(
+            "%s %s %d",
+            scope["method"],
+            scope["path"],
+            status,
+            extra={
+                "http_request_method": method,
+                "url_path": scope["path"],
+                "http_route": route,
+                "http_response_status_code": status,
+                "duration_seconds": round(seconds, 6),
+                "client_address": client[0] if client else None,
+            },
+        )
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        instrumentation = self.instrumentation
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await instrumentation.start()
+            elif message["type"] == "lifespan.shutdown":
+                instrumentation.health.begin_shutdown()
+            return message
+
+        try:
+            await self.app(scope, receive_wrapper, send)
+        finally:
+            await instrumentation.stop()
