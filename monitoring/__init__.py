@@ -27,20 +27,20 @@ __all__ = [
 _WHERE = {
     "Health": "monitoring.health",
     "HealthReport": "monitoring.health",
-    "Instrumentation": "monitoring.instrument",
+    "Instrumentation": "monitoring.instrumentation",
     "InstrumentationMiddleware": "monitoring.middleware",
     "JsonFormatter": "monitoring.request_id",
     "Metrics": "monitoring.metrics",
     "RequestIdFilter": "monitoring.request_id",
     "get_request_id": "monitoring.request_id",
-    "instrument": "monitoring.instrument",
+    "instrument": "monitoring.instrumentation",
     "mark_process_dead": "monitoring.multiprocess",
     "sweep": "monitoring.multiprocess",
 }
 
 if TYPE_CHECKING:
     from monitoring.health import Health, HealthReport
-    from monitoring.instrument import Instrumentation, instrument
+    from monitoring.instrumentation import Instrumentation, instrument
     from monitoring.metrics import Metrics
     from monitoring.middleware import InstrumentationMiddleware
     from monitoring.multiprocess import mark_process_dead, sweep

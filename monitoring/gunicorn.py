@@ -21,7 +21,8 @@ import os
 import tempfile
 from typing import Any
 
-if not (os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")):
+_LEGACY = "prometheus_multiproc_dir"  # the lowercase spelling prometheus_client still honours
+if not (os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(_LEGACY)):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="asyncproof-metrics-")
 
 from monitoring import multiprocess  # noqa: E402  (must follow the environment set-up above)

@@ -188,5 +188,7 @@ class Health:
     async def health_endpoint(self, request: Request) -> JSONResponse:
         report = await self.readiness()
         return JSONResponse(
-            report.document(service_id=self.service_id), status_code=report.http_status, media_type=HEALTH_JSON
+            report.document(service_id=self.service_id),
+            status_code=report.http_status,
+            media_type=HEALTH_JSON,
         )

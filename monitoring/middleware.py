@@ -1,4 +1,10 @@
-"""Pure ASGI middleware: RED metrics, request id, Server-Timing, and the lifespan hooks of `monitoring`."""
+"""Pure ASGI middleware: RED metrics, request id, Server-Timing, the built-in endpoints, the lifespan hooks.
+
+The hot path keeps to what a request cannot avoid: two clock reads, one dict look-up, one wrapped
+``send``, a contextvar, and one tuple appended to the recorder's buffer (see :mod:`monitoring.recorder`).
+``/metrics`` and the health endpoints are answered here, from a dict keyed by path, rather than by
+routes at the front of the router, which every other request would have to try first.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from monitoring.request_id import _current, accept_request_id, new_request_id
 from monitoring.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from monitoring.instrument import Instrumentation
+    from monitoring.instrumentation import Instrumentation
 
 access_logger = logging.getLogger("asyncproof.access")
 
@@ -19,24 +25,27 @@ access_logger = logging.getLogger("asyncproof.access")
 def route_template(scope: Scope, root_path: str) -> str:
     """The matched route's template, prefixed by any ``Mount`` it sits under; never the raw path."""
     route = scope.get("route")
-    path = getattr(route, "path", None)
+    path: str | None = getattr(route, "path", None)
     if path is None:
         return UNMATCHED_ROUTE
-    mounted = scope.get("root_path", "")
+    mounted: str = scope.get("root_path", "")
     if mounted != root_path and mounted.startswith(root_path):
         return mounted[len(root_path) :] + path
-    return str(path)
+    return path
 
 
 class InstrumentationMiddleware:
     def __init__(self, app: ASGIApp, *, instrumentation: Instrumentation) -> None:
         self.app = app
         self.instrumentation = instrumentation
-        self.recorder = instrumentation.recorder
-        self.excluded = instrumentation.excluded_paths
+        self.buffer_append = instrumentation.recorder.buffer.append
+        self.active = instrumentation.recorder.active
         self.header = instrumentation.request_id_header
         self.server_timing = instrumentation.server_timing
         self.access_log = instrumentation.access_log
+        self.endpoints = instrumentation.endpoints()
+        self.excluded = instrumentation.excluded_paths
+        self.special = self.excluded | self.endpoints.keys()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,27 +54,32 @@ class InstrumentationMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        if scope["path"] in self.excluded:
-            await self.app(scope, receive, send)
-            return
+        app = self.app
+        if scope["path"] in self.special:
+            app = self.endpoints.get(scope["path"], app)
+            if scope["path"] in self.excluded:
+                await app(scope, receive, send)
+                return
 
         start = perf_counter()
         method = scope["method"]
         if method not in STANDARD_METHODS:
             method = OTHER_METHOD
         root_path = scope.get("root_path", "")
+        header = self.header
         request_id = None
-        if self.header is not None:
+        if header is not None:
             for name, value in scope["headers"]:
-                if name == self.header:
+                if name == header:
                     if accept_request_id(value):
-                        request_id = value.decode("ascii")
+                        request_id = value
                     break
             if request_id is None:
                 request_id = new_request_id()
         token = _current.set(request_id)
-        active = self.recorder.active
-        active[method] += 1
+        active = self.active
+        active[method] = active.get(method, 0) + 1
+        server_timing = self.server_timing
         status = 0
         finished = 0.0
         disconnected = False
@@ -81,13 +95,15 @@ class InstrumentationMiddleware:
             nonlocal status, finished
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if request_id is not None or self.server_timing:
-                    headers = message["headers"] = list(message.get("headers", ()))
-                    if request_id is not None:
-                        headers.append((self.header, request_id.encode("ascii")))
-                    if self.server_timing:
-                        headers.append((b"server-timing", b"app;dur=%.3f" % ((perf_counter() - start) * 1000)))
-            elif not message.get("more_body", False):
+                if request_id is not None:
+                    extra = [(header, request_id)]
+                    if server_timing:
+                        extra.append((b"server-timing", b"app;dur=%.3f" % ((perf_counter() - start) * 1000)))
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                elif server_timing:
+                    timing = (b"server-timing", b"app;dur=%.3f" % ((perf_counter() - start) * 1000))
+                    message["headers"] = [*message.get("headers", ()), timing]
+            elif not message.get("more_body", False) and message["type"] != "http.response.trailers":
                 await send(message)
                 # The last body byte is out: the request is over for the client, whatever the app
                 # (BackgroundTasks) does next.
@@ -97,7 +113,7 @@ class InstrumentationMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive_wrapper, send_wrapper)
+            await app(scope, receive_wrapper, send_wrapper)
         except BaseException:
             if not finished:
                 status = CLIENT_CLOSED_REQUEST if disconnected else 500
@@ -110,8 +126,8 @@ class InstrumentationMiddleware:
                     status = CLIENT_CLOSED_REQUEST
                 elif not status:  # the app returned without starting a response
                     status = 500
-            route = route_template(scope, root_path)
-            self.recorder.buffer.append((method, route, status, finished - start))
+            route = route_template(scope, root_path) if app is self.app else scope["path"]
+            self.buffer_append((method, route, status, finished - start))
             if self.access_log:
                 self._log_access(scope, method, route, status, finished - start)
             _current.reset(token)

@@ -39,7 +39,7 @@ _PER_PROCESS_COUNTERS = {
 
 def multiprocess_dir() -> str | None:
     """``PROMETHEUS_MULTIPROC_DIR`` (or its legacy lowercase spelling), or ``None`` in single-process mode."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
 
 
 @contextlib.contextmanager
@@ -121,7 +121,9 @@ class MultiprocessCollector(Collector):
 
     def __init__(self, path: str) -> None:
         if not os.path.isdir(path):
-            raise ValueError(f"multiprocess folder {path!r} does not exist; create it before starting workers")
+            raise ValueError(
+                f"multiprocess folder {path!r} does not exist; create it before starting workers"
+            )
         self.path = path
 
     def collect(self) -> Iterable[Metric]:

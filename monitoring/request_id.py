@@ -11,7 +11,8 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-_current: ContextVar[str | None] = ContextVar("asyncproof_request_id", default=None)
+# Holds the id as the bytes that go into the response header; it is decoded only when asked for.
+_current: ContextVar[bytes | None] = ContextVar("asyncproof_request_id", default=None)
 
 # Bounded length and a conservative alphabet: the id ends up in log lines and response headers, so
 # anything that could split a line or a header is refused. nginx's $request_id (32 hex) passes.
@@ -20,7 +21,8 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:+=/~-]{1,128}")
 
 def get_request_id() -> str | None:
     """The id of the request being handled in this context, or ``None`` outside a request."""
-    return _current.get()
+    value = _current.get()
+    return None if value is None else value.decode("ascii")
 
 
 def accept_request_id(value: bytes) -> bool:
@@ -41,11 +43,11 @@ class RequestIdGenerator:
         os.register_at_fork(after_in_child=self.reseed)
 
     def reseed(self) -> None:
-        self._prefix = os.urandom(10).hex()
+        self._prefix = os.urandom(10).hex().encode("ascii")
         self._counter = itertools.count(1)
 
-    def __call__(self) -> str:
-        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+    def __call__(self) -> bytes:
+        return b"%s%012x" % (self._prefix, next(self._counter) & 0xFFFFFFFFFFFF)
 
 
 new_request_id = RequestIdGenerator()
@@ -55,7 +57,7 @@ class RequestIdFilter(logging.Filter):
     """Adds ``record.request_id`` (or ``"-"``) to every record, for any formatter to use."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = _current.get() or "-"
+        record.request_id = get_request_id() or "-"
         return True
 
 
@@ -71,7 +73,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None) or _current.get(),
+            "request_id": getattr(record, "request_id", None) or get_request_id(),
         }
         for key, value in record.__dict__.items():
             if key not in self._STANDARD:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import FrameType
 from typing import Any
 
@@ -12,8 +13,7 @@ import prometheus_client.values
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import JSONResponse, Response
 
 from monitoring.exposition import Exposition, MetricsServer
 from monitoring.health import Health
@@ -22,6 +22,7 @@ from monitoring.middleware import InstrumentationMiddleware
 from monitoring.multiprocess import multiprocess_dir
 from monitoring.recorder import HttpRecorder
 from monitoring.runtime import ProcessCollector, RuntimeSampler
+from monitoring.types import ASGIApp, Receive, Scope, Send
 
 
 class Instrumentation:
@@ -95,15 +96,16 @@ class Instrumentation:
         """Register an async readiness check; see :meth:`monitoring.health.Health.add_check`."""
         self.health.add_check(name, func, timeout=timeout, critical=critical)
 
-    def routes(self) -> list[BaseRoute]:
-        routes: list[BaseRoute] = [
-            Route(f"{self.health_path}/live", self.health.live_endpoint, methods=["GET"], include_in_schema=False),
-            Route(f"{self.health_path}/ready", self.health.ready_endpoint, methods=["GET"], include_in_schema=False),
-            Route(self.health_path, self.health.health_endpoint, methods=["GET"], include_in_schema=False),
-        ]
+    def endpoints(self) -> dict[str, ASGIApp]:
+        """The built-in endpoints by path; the middleware answers them before the app's router."""
+        endpoints: dict[str, ASGIApp] = {
+            f"{self.health_path}/live": GetEndpoint(self.health.live_endpoint),
+            f"{self.health_path}/ready": GetEndpoint(self.health.ready_endpoint),
+            self.health_path: GetEndpoint(self.health.health_endpoint),
+        }
         if self.metrics_port is None:
-            routes.append(Route(self.metrics_path, self.metrics_endpoint, methods=["GET"], include_in_schema=False))
-        return routes
+            endpoints[self.metrics_path] = GetEndpoint(self.metrics_endpoint)
+        return endpoints
 
     async def metrics_endpoint(self, request: Request) -> Response:
         self.sampler.sample_now()
@@ -148,6 +150,22 @@ class Instrumentation:
         self._previous_sigterm = previous
 
 
+class GetEndpoint:
+    """A ``Request -> Response`` function as an ASGI app that answers GET and HEAD, 405 otherwise."""
+
+    def __init__(self, func: Callable[[Request], Awaitable[Response]]) -> None:
+        self.func = func
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] in ("GET", "HEAD"):
+            response = await self.func(Request(scope, receive))
+        else:
+            response = JSONResponse(
+                {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "GET, HEAD"}
+            )
+        await response(scope, receive, send)
+
+
 def _writes_multiprocess_files() -> bool:
     return getattr(prometheus_client.values.ValueClass, "__name__", "") != "MutexValue"
 
@@ -157,14 +175,11 @@ def _install_process_collector(registry: CollectorRegistry) -> None:
     # prometheus_client's default one, which exports the same names.
     from prometheus_client import PROCESS_COLLECTOR
 
-    try:
+    with contextlib.suppress(KeyError):
         registry.unregister(PROCESS_COLLECTOR)
-    except KeyError:
-        pass
-    try:
+    # A second instrument() on the same registry finds it there already.
+    with contextlib.suppress(ValueError):
         registry.register(ProcessCollector())
-    except ValueError:  # a second instrument() on the same registry: it is there already
-        pass
 
 
 def instrument(app: Starlette, **options: Any) -> Instrumentation:
@@ -177,6 +192,5 @@ def instrument(app: Starlette, **options: Any) -> Instrumentation:
         raise TypeError(f"instrument() takes a FastAPI or Starlette app, got {type(app).__name__}")
     instrumentation = Instrumentation(**options)
     app.add_middleware(InstrumentationMiddleware, instrumentation=instrumentation)
-    app.router.routes[0:0] = instrumentation.routes()
     app.state.asyncproof = instrumentation
     return instrumentation
