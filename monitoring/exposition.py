@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import socketserver
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -51,10 +53,17 @@ class _ReusePortServer(socketserver.ThreadingMixIn, WSGIServer):
 class MetricsServer:
     """Serves ``/metrics`` (any path, as prometheus_client does) on its own port from a daemon thread."""
 
-    def __init__(self, exposition: Exposition, host: str, port: int) -> None:
-        self._httpd = make_server(
-            host, port, make_wsgi_app(exposition.registry), _ReusePortServer, handler_class=_QuietHandler
-        )
+    def __init__(
+        self, exposition: Exposition, host: str, port: int, before_render: Callable[[], object]
+    ) -> None:
+        metrics_app = make_wsgi_app(exposition.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            before_render()
+            result: Iterable[bytes] = metrics_app(environ, start_response)
+            return result
+
+        self._httpd = make_server(host, port, app, _ReusePortServer, handler_class=_QuietHandler)
         self.port = self._httpd.server_port
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="asyncproof-metrics-server", daemon=True

@@ -117,7 +117,9 @@ class Instrumentation:
         self.health.shutting_down = False
         self.sampler.start()
         if self.metrics_port is not None and self.metrics_server is None:
-            self.metrics_server = MetricsServer(self.exposition, self.metrics_host, self.metrics_port)
+            self.metrics_server = MetricsServer(
+                self.exposition, self.metrics_host, self.metrics_port, before_render=self.recorder.flush
+            )
         self._chain_sigterm()
 
     async def stop(self) -> None:

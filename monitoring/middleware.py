@@ -87,7 +87,7 @@ class InstrumentationMiddleware:
         async def receive_wrapper() -> Message:
             nonlocal disconnected
             message = await receive()
-            if message["type"] == "http.disconnect":
+            if message["type"] == "http.disconnect" and not finished:
                 disconnected = True
             return message
 
@@ -116,16 +116,16 @@ class InstrumentationMiddleware:
             await app(scope, receive_wrapper, send_wrapper)
         except BaseException:
             if not finished:
-                status = CLIENT_CLOSED_REQUEST if disconnected else 500
+                status = 500
             raise
         finally:
             if not finished:
                 finished = perf_counter()
                 active[method] -= 1
-                if disconnected:
-                    status = CLIENT_CLOSED_REQUEST
-                elif not status:  # the app returned without starting a response
+                if not status:  # the app returned without starting a response
                     status = 500
+            if disconnected:  # the client left before the response was complete, as nginx's 499
+                status = CLIENT_CLOSED_REQUEST
             route = route_template(scope, root_path) if app is self.app else scope["path"]
             self.buffer_append((method, route, status, finished - start))
             if self.access_log:

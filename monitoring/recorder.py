@@ -10,6 +10,7 @@ flush interval before it.
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from typing import Any
 
@@ -45,9 +46,19 @@ class HttpRecorder:
         self._bounds: list[float] = list(duration._upper_bounds)
         self._children: dict[tuple[str, str, int], Any] = {}
         self._active_children: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     def flush(self) -> int:
-        """Apply buffered observations; returns how many were applied. Call from the event loop."""
+        """Apply buffered observations; returns how many were applied.
+
+        Safe from any thread (the metrics port's server thread flushes too). The buffer is drained in
+        place, because the middleware holds on to its ``append``; appends that land meanwhile go past
+        ``count`` and wait for the next flush.
+        """
+        with self._lock:
+            return self._flush()
+
+    def _flush(self) -> int:
         for method, count in self.active.items():
             child = self._active_children.get(method)
             if child is None:
@@ -55,8 +66,9 @@ class HttpRecorder:
             child.set(count)
         if not self.buffer:
             return 0
-        batch = self.buffer
-        self.buffer = []
+        count = len(self.buffer)
+        batch = self.buffer[:count]
+        del self.buffer[:count]
         bounds = self._bounds
         width = len(bounds)
         aggregated: dict[tuple[str, str, int], tuple[list[float], list[int]]] = {}

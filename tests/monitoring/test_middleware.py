@@ -1,0 +1,357 @@
+from __future__ import annotations
+
+import asyncio
+import random
+import string
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+import monitoring
+from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
+from tests.monitoring.helpers import client_for, requests_seen, series
+
+pytestmark = pytest.mark.anyio
+
+
+def make_app(**options: Any) -> tuple[FastAPI, monitoring.Instrumentation]:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def read_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    @app.post("/items")
+    async def create_item() -> dict[str, str]:
+        return {"status": "created"}
+
+    @app.get("/missing")
+    async def missing() -> None:
+        raise HTTPException(status_code=404, detail="no such thing")
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    return app, monitoring.instrument(app, registry=CollectorRegistry(), **options)
+
+
+async def test_requests_are_counted_by_route_template_method_and_status() -> None:
+    app, instr = make_app()
+    async with client_for(app) as client:
+        for item in range(5):
+            assert (await client.get(f"/items/{item}")).status_code == 200
+        assert (await client.post("/items")).status_code == 200
+        assert (await client.get("/missing")).status_code == 404
+        assert (await client.get("/items/not-a-number")).status_code == 422
+
+    def seen(method: str, route: str, status: str) -> float:
+        return requests_seen(
+            instr, http_request_method=method, http_route=route, http_response_status_code=status
+        )
+
+    assert seen("GET", "/items/{item_id}", "200") == 5
+    assert seen("POST", "/items", "200") == 1
+    assert seen("GET", "/missing", "404") == 1
+    assert seen("GET", "/items/{item_id}", "422") == 1
+    raw = [s["http_route"] for s in series(instr.registry, "http_server_request_duration_seconds_count")]
+    assert not any(route.startswith("/items/") and "{" not in route for route in raw)
+
+
+async def test_requests_between_flushes_are_all_counted() -> None:
+    app, instr = make_app()
+    async with client_for(app) as client:
+        for round_number in range(1, 4):
+            for item in range(10):
+                await client.get(f"/items/{item}")
+            labels = {"http_request_method": "GET", "http_route": "/items/{item_id}"}
+            assert requests_seen(instr, **labels, http_response_status_code="200") == 10 * round_number
+
+
+async def test_unhandled_exception_is_recorded_as_500_and_reraised() -> None:
+    app, instr = make_app()
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with pytest.raises(RuntimeError, match="boom"):
+            await client.get("/boom")
+    assert (
+        requests_seen(instr, http_request_method="GET", http_route="/boom", http_response_status_code="500")
+        == 1
+    )
+
+
+async def test_random_paths_and_junk_methods_share_one_series_each() -> None:
+    app, instr = make_app()
+    rng = random.Random(7)
+    async with client_for(app) as client:
+        for _ in range(300):
+            path = "/" + "".join(rng.choices(string.ascii_letters + string.digits, k=12))
+            assert (await client.get(path)).status_code == 404
+        for method in ("BREW", "PROPFIND", "FOO", "get2"):
+            await client.request(method, "/items/1")
+    labels = series(instr.registry, "http_server_request_duration_seconds_count")
+    assert {(s["http_request_method"], s["http_route"]) for s in labels} == {
+        ("GET", UNMATCHED_ROUTE),
+        (OTHER_METHOD, "/items/{item_id}"),
+    }
+    assert (
+        requests_seen(
+            instr, http_request_method="GET", http_route=UNMATCHED_ROUTE, http_response_status_code="404"
+        )
+        == 300
+    )
+
+
+async def test_duration_ends_at_last_body_byte_not_after_background_tasks() -> None:
+    app, instr = make_app()
+    done = asyncio.Event()
+
+    @app.post("/report")
+    async def report(background: BackgroundTasks) -> dict[str, str]:
+        async def slow() -> None:
+            await asyncio.sleep(0.5)
+            done.set()
+
+        background.add_task(slow)
+        return {"status": "accepted"}
+
+    async with client_for(app) as client:
+        assert (await client.post("/report")).status_code == 200
+    assert done.is_set()
+    instr.recorder.flush()
+    labels = {"http_request_method": "POST", "http_route": "/report", "http_response_status_code": "200"}
+    total = instr.registry.get_sample_value("http_server_request_duration_seconds_sum", labels)
+    assert total is not None
+    assert total < 0.25
+
+
+async def test_streaming_response_is_timed_until_its_last_chunk() -> None:
+    app, instr = make_app()
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks() -> Any:
+            for index in range(3):
+                await asyncio.sleep(0.1)
+                yield f"chunk {index}\n"
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    async with client_for(app) as client:
+        response = await client.get("/stream")
+        assert response.text.count("chunk") == 3
+    instr.recorder.flush()
+    labels = {"http_request_method": "GET", "http_route": "/stream", "http_response_status_code": "200"}
+    total = instr.registry.get_sample_value("http_server_request_duration_seconds_sum", labels)
+    assert total is not None
+    assert total >= 0.3
+
+
+async def test_client_disconnect_before_response_is_recorded_as_499() -> None:
+    app, instr = make_app()
+
+    @app.get("/wait")
+    async def wait(request: Request) -> dict[str, str]:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.01)
+        return {"status": "nobody is listening"}
+
+    messages = [{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if len(messages) > 1 else messages[0]
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/wait",
+        "raw_path": b"/wait",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    status = str(CLIENT_CLOSED_REQUEST)
+    assert (
+        requests_seen(instr, http_request_method="GET", http_route="/wait", http_response_status_code=status)
+        == 1
+    )
+
+
+async def test_active_requests_count_requests_in_flight() -> None:
+    app, instr = make_app()
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        entered.set()
+        await release.wait()
+        return {}
+
+    async with client_for(app) as client:
+        pending = asyncio.ensure_future(client.get("/slow"))
+        await entered.wait()
+        instr.recorder.flush()
+        assert (
+            instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": "GET"})
+            == 1
+        )
+        release.set()
+        await pending
+    instr.recorder.flush()
+    assert instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": "GET"}) == 0
+
+
+@pytest.mark.parametrize(
+    ("incoming", "kept"),
+    [
+        ("0123456789abcdef0123456789abcdef", True),  # nginx's $request_id
+        ("req-42.a_b:c", True),
+        ("x" * 129, False),
+        ("bad id with spaces", False),
+        ("evil\u00e9", False),
+    ],
+)
+async def test_incoming_request_id_is_kept_only_when_safe(incoming: str, kept: bool) -> None:
+    app, _ = make_app()
+    seen: list[str | None] = []
+
+    @app.get("/whoami")
+    async def whoami() -> dict[str, str | None]:
+        seen.append(monitoring.get_request_id())
+        return {}
+
+    async with client_for(app) as client:
+        response = await client.get("/whoami", headers={"X-Request-ID": incoming.encode("utf-8")})
+    returned = response.headers["x-request-id"]
+    assert seen == [returned]
+    if kept:
+        assert returned == incoming
+    else:
+        assert returned != incoming
+        assert len(returned) == 32
+        int(returned, 16)
+
+
+async def test_generated_request_ids_are_unique_and_server_timing_is_set() -> None:
+    app, _ = make_app()
+    async with client_for(app) as client:
+        responses = [await client.get("/items/1") for _ in range(50)]
+    assert len({r.headers["x-request-id"] for r in responses}) == 50
+    for response in responses:
+        name, _, duration = response.headers["server-timing"].partition(";dur=")
+        assert name == "app"
+        assert float(duration) >= 0
+
+
+async def test_request_id_and_server_timing_can_be_turned_off() -> None:
+    app, _ = make_app(request_id_header=None, server_timing=False)
+    async with client_for(app) as client:
+        response = await client.get("/items/1")
+    assert "x-request-id" not in response.headers
+    assert "server-timing" not in response.headers
+
+
+async def test_metrics_and_health_paths_are_excluded_by_default_and_configurably_included() -> None:
+    app, instr = make_app()
+    async with client_for(app) as client:
+        for path in ("/metrics", "/health", "/health/live", "/health/ready"):
+            assert (await client.get(path)).status_code == 200
+    assert series(instr.registry, "http_server_request_duration_seconds_count") == []
+
+    app, instr = make_app(exclude_paths=())
+    async with client_for(app) as client:
+        await client.get("/metrics")
+        await client.get("/health/live")
+    assert (
+        requests_seen(
+            instr, http_request_method="GET", http_route="/metrics", http_response_status_code="200"
+        )
+        == 1
+    )
+    assert (
+        requests_seen(
+            instr, http_request_method="GET", http_route="/health/live", http_response_status_code="200"
+        )
+        == 1
+    )
+
+
+async def test_mounted_sub_app_routes_carry_the_mount_prefix() -> None:
+    async def user(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(request.path_params["name"])
+
+    inner = Starlette(routes=[Route("/users/{name}", user)])
+    app = Starlette(routes=[Mount("/api", app=inner)])
+    instr = monitoring.instrument(app, registry=CollectorRegistry())
+    async with client_for(app) as client:
+        assert (await client.get("/api/users/ann")).text == "ann"
+    assert (
+        requests_seen(
+            instr, http_request_method="GET", http_route="/api/users/{name}", http_response_status_code="200"
+        )
+        == 1
+    )
+
+
+async def test_plain_starlette_app_is_instrumented() -> None:
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/", home)])
+    instr = monitoring.instrument(app, registry=CollectorRegistry())
+    async with client_for(app) as client:
+        assert (await client.get("/")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+    assert (
+        requests_seen(instr, http_request_method="GET", http_route="/", http_response_status_code="200") == 1
+    )
+
+
+async def test_websocket_scopes_pass_through_unrecorded() -> None:
+    calls: list[str] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["type"])
+
+    instr = monitoring.Instrumentation(registry=CollectorRegistry())
+    middleware = monitoring.InstrumentationMiddleware(inner, instrumentation=instr)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await middleware({"type": "websocket", "path": "/ws", "headers": []}, receive, send)
+    assert calls == ["websocket"]
+    assert series(instr.registry, "http_server_request_duration_seconds_count") == []
+
+
+def test_instrument_rejects_what_is_not_an_app() -> None:
+    with pytest.raises(TypeError, match="FastAPI or Starlette"):
+        monitoring.instrument(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "option", [{"metrics_path": "metrics"}, {"health_path": "/health/"}, {"flush_interval": 2}]
+)
+def test_bad_options_are_refused_with_a_message(option: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        monitoring.instrument(FastAPI(), registry=CollectorRegistry(), **option)
