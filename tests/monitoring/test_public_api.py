@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import monitoring
+
+EXPECTED = [
+    "Health",
+    "HealthReport",
+    "Instrumentation",
+    "InstrumentationMiddleware",
+    "JsonFormatter",
+    "Metrics",
+    "RequestIdFilter",
+    "get_request_id",
+    "instrument",
+    "mark_process_dead",
+    "sweep",
+]
+
+
+def test_exported_names_are_the_documented_ones_and_sorted() -> None:
+    assert monitoring.__all__ == EXPECTED
+    for name in monitoring.__all__:
+        assert getattr(monitoring, name) is not None, name
+
+
+def test_instrument_is_the_function_even_after_its_module_is_imported() -> None:
+    import monitoring.instrumentation
+
+    assert callable(monitoring.instrument)
+    assert monitoring.instrument.__module__ == "monitoring.instrumentation"
+
+
+def test_importing_monitoring_does_not_import_prometheus_client() -> None:
+    # monitoring.gunicorn must be able to set PROMETHEUS_MULTIPROC_DIR before prometheus_client loads.
+    code = "import sys, monitoring; print('prometheus_client' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_unknown_attribute_raises_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        monitoring.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
