@@ -15,11 +15,14 @@ __all__ = [
     "HealthReport",
     "Instrumentation",
     "InstrumentationMiddleware",
+    "InstrumentedTTLCache",
     "JsonFormatter",
     "Metrics",
     "RequestIdFilter",
+    "TaskTracker",
     "get_request_id",
     "instrument",
+    "instrument_pool",
     "mark_process_dead",
     "sweep",
 ]
@@ -28,23 +31,29 @@ _WHERE = {
     "Health": "monitoring.health",
     "HealthReport": "monitoring.health",
     "Instrumentation": "monitoring.instrumentation",
+    "InstrumentedTTLCache": "monitoring.cache",
     "InstrumentationMiddleware": "monitoring.middleware",
     "JsonFormatter": "monitoring.request_id",
     "Metrics": "monitoring.metrics",
     "RequestIdFilter": "monitoring.request_id",
+    "TaskTracker": "monitoring.tasks",
     "get_request_id": "monitoring.request_id",
+    "instrument_pool": "monitoring.db",
     "instrument": "monitoring.instrumentation",
     "mark_process_dead": "monitoring.multiprocess",
     "sweep": "monitoring.multiprocess",
 }
 
 if TYPE_CHECKING:
+    from monitoring.cache import InstrumentedTTLCache
+    from monitoring.db import instrument_pool
     from monitoring.health import Health, HealthReport
     from monitoring.instrumentation import Instrumentation, instrument
     from monitoring.metrics import Metrics
     from monitoring.middleware import InstrumentationMiddleware
     from monitoring.multiprocess import mark_process_dead, sweep
     from monitoring.request_id import JsonFormatter, RequestIdFilter, get_request_id
+    from monitoring.tasks import TaskTracker
 
 
 def __getattr__(name: str) -> Any:

@@ -12,11 +12,14 @@ EXPECTED = [
     "HealthReport",
     "Instrumentation",
     "InstrumentationMiddleware",
+    "InstrumentedTTLCache",
     "JsonFormatter",
     "Metrics",
     "RequestIdFilter",
+    "TaskTracker",
     "get_request_id",
     "instrument",
+    "instrument_pool",
     "mark_process_dead",
     "sweep",
 ]
@@ -24,6 +27,7 @@ EXPECTED = [
 
 def test_exported_names_are_the_documented_ones_and_sorted() -> None:
     assert monitoring.__all__ == EXPECTED
+    assert EXPECTED == sorted(EXPECTED)
     for name in monitoring.__all__:
         assert getattr(monitoring, name) is not None, name
 
