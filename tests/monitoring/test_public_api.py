@@ -27,7 +27,7 @@ EXPECTED = [
 
 def test_exported_names_are_the_documented_ones_and_sorted() -> None:
     assert monitoring.__all__ == EXPECTED
-    assert EXPECTED == sorted(EXPECTED)
+    assert sorted(EXPECTED) == EXPECTED
     for name in monitoring.__all__:
         assert getattr(monitoring, name) is not None, name
 
