@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,17 +23,14 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.processes import free_port  # noqa: E402
+
 VARIANTS = {
     "bare": {"ASYNCPROOF_BENCH_VARIANT": "bare"},
     "asyncproof": {"ASYNCPROOF_BENCH_VARIANT": "asyncproof"},
     "asyncproof (multiprocess)": {"ASYNCPROOF_BENCH_VARIANT": "asyncproof", "PROMETHEUS_MULTIPROC_DIR": ""},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(variant: str, env_extra: dict[str, str], folder: str) -> tuple[subprocess.Popen[bytes], int]:

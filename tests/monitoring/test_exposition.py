@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 import time
 import urllib.request
@@ -15,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import monitoring
 from monitoring import contract
 from tests.monitoring.helpers import client_for
+from tests.processes import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -156,12 +156,6 @@ async def test_rendering_a_scrape_does_not_stall_the_event_loop(monkeypatch: pyt
         task.cancel()
     assert response.status_code == 200
     assert ticks >= 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_metrics_on_a_separate_port() -> None:
