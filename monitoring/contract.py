@@ -13,7 +13,7 @@ from typing import Literal
 MetricKind = Literal["counter", "gauge", "histogram"]
 # prometheus_client multiprocess modes for gauges. ``livesum``/``liveall`` files are removed when a
 # worker dies, so a dead worker's gauges disappear instead of freezing at their last value.
-GaugeMode = Literal["livesum", "liveall", "livemax"]
+GaugeMode = Literal["livesum", "liveall", "livemax", "livemin"]
 
 # OpenTelemetry's recommended boundaries for http.server.request.duration, extended to cover the
 # slow work the reference app runs (reports of tens of seconds).
@@ -217,6 +217,13 @@ DB_CLIENT_CONNECTION_WAIT = MetricSpec(
     ("pool",),
     DB_WAIT_BUCKETS,
 )
+HEALTH_CHECK_STATUS = MetricSpec(
+    "health_check_status",
+    "gauge",
+    "Readiness check result at its latest run: 1 passing, 0 failing (over workers, the lowest).",
+    ("check",),
+    gauge_mode="livemin",
+)
 DB_CLIENT_CONNECTION_TIMEOUTS = MetricSpec(
     "db_client_connection_timeouts",
     "counter",
@@ -228,3 +235,27 @@ ALL_METRICS: tuple[MetricSpec, ...] = tuple(
     value for value in list(globals().values()) if isinstance(value, MetricSpec)
 )
 BY_NAME: dict[str, MetricSpec] = {spec.exposed_name: spec for spec in ALL_METRICS}
+
+# Client side: what the load generator (the Locust master) exports during a run, so dashboards can show
+# it next to the server's figures. Not registered by `instrument()`.
+LOCUST_USERS = MetricSpec("locust_users", "gauge", "Simulated users running.")
+LOCUST_REQUESTS = MetricSpec(
+    "locust_requests", "counter", "Requests the load generator completed.", ("method", "name")
+)
+LOCUST_REQUEST_FAILURES = MetricSpec(
+    "locust_request_failures", "counter", "Requests the load generator counted as failed.", ("method", "name")
+)
+LOCUST_RESPONSE_TIME = MetricSpec(
+    "locust_response_time_seconds",
+    "histogram",
+    "Response time seen by the load generator (raw timings, not Locust's rounded ones).",
+    ("method", "name"),
+    HTTP_DURATION_BUCKETS,
+)
+CLIENT_METRICS: tuple[MetricSpec, ...] = (
+    LOCUST_USERS,
+    LOCUST_REQUESTS,
+    LOCUST_REQUEST_FAILURES,
+    LOCUST_RESPONSE_TIME,
+)
+CLIENT_BY_NAME: dict[str, MetricSpec] = {spec.exposed_name: spec for spec in CLIENT_METRICS}

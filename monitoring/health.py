@@ -91,6 +91,8 @@ class Health:
         self._cached: tuple[float, HealthReport] | None = None
         self._running: asyncio.Task[HealthReport] | None = None
         self.shutting_down = False
+        # Called with every fresh report (not cached ones): instrument() records it as metrics.
+        self.on_report: Callable[[HealthReport], None] | None = None
 
     @property
     def checks(self) -> tuple[HealthCheck, ...]:
@@ -153,6 +155,8 @@ class Health:
             status = "pass"
         report = HealthReport(status, tuple(results))
         self._cached = (time.monotonic(), report)
+        if self.on_report is not None:
+            self.on_report(report)
         return report
 
     @staticmethod

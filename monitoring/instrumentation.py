@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from monitoring.exposition import Exposition, MetricsServer
-from monitoring.health import Health
+from monitoring.health import Health, HealthReport
 from monitoring.metrics import Metrics
 from monitoring.middleware import InstrumentationMiddleware
 from monitoring.multiprocess import multiprocess_dir
@@ -79,6 +79,7 @@ class Instrumentation:
         self.server_timing = server_timing
         self.access_log = access_log
         self.health = Health(cache_seconds=readiness_cache_seconds, service_id=service_id)
+        self.health.on_report = self._record_health
         self.recorder = HttpRecorder(self.metrics.http_duration, self.metrics.http_active)
         self.sampler = RuntimeSampler(
             self.metrics,
@@ -91,6 +92,10 @@ class Instrumentation:
         self.exposition = Exposition(self.registry, self.multiprocess_dir)
         self.metrics_server: MetricsServer | None = None
         self._previous_sigterm: Any = None
+
+    def _record_health(self, report: HealthReport) -> None:
+        for result in report.checks:
+            self.metrics.health_check_status.labels(result.name).set(1 if result.status == "pass" else 0)
 
     def add_check(self, name: str, func: Any, *, timeout: float = 1.0, critical: bool = True) -> None:
         """Register an async readiness check; see :meth:`monitoring.health.Health.add_check`."""

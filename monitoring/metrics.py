@@ -53,6 +53,7 @@ class Metrics:
         self.db_connections_max = make_metric(contract.DB_CLIENT_CONNECTIONS_MAX, r)
         self.db_connection_wait = make_metric(contract.DB_CLIENT_CONNECTION_WAIT, r)
         self.db_connection_timeouts = make_metric(contract.DB_CLIENT_CONNECTION_TIMEOUTS, r)
+        self.health_check_status = make_metric(contract.HEALTH_CHECK_STATUS, r)
         # Per-worker metrics: a `liveall` gauge each (pid label, removed with the worker). They stay
         # out of the registry, whose default process collector already uses these names; in
         # multiprocess mode the scrape reads them from the workers' files.

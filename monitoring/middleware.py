@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, STANDARD_METHODS, UNMATCHED_ROUTE
 from monitoring.request_id import _current, accept_request_id, new_request_id
@@ -66,48 +66,37 @@ class InstrumentationMiddleware:
         if method not in STANDARD_METHODS:
             method = OTHER_METHOD
         root_path = scope.get("root_path", "")
-        header = self.header
-        request_id = None
-        if header is not None:
-            for name, value in scope["headers"]:
-                if name == header:
-                    if accept_request_id(value):
-                        request_id = value
-                    break
-            if request_id is None:
-                request_id = new_request_id()
-        token = _current.set(request_id)
         active = self.active
-        active[method] = active.get(method, 0) + 1
+        active[method] += 1
+        # [status, finished, disconnected]: one list rather than three closure cells, which every
+        # request would pay for.
+        state: list[Any] = [0, 0.0, False]
+        token = None
+        extra: list[tuple[bytes, bytes]] = []
+        if self.header is not None:
+            request_id = self._request_id(scope["headers"])
+            token = _current.set(request_id)
+            extra.append((self.header, request_id))
         server_timing = self.server_timing
-        status = 0
-        finished = 0.0
-        disconnected = False
 
         async def receive_wrapper() -> Message:
-            nonlocal disconnected
             message = await receive()
-            if message["type"] == "http.disconnect" and not finished:
-                disconnected = True
+            if message["type"] == "http.disconnect" and not state[1]:
+                state[2] = True
             return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, finished
             if message["type"] == "http.response.start":
-                status = message["status"]
-                if request_id is not None:
-                    extra = [(header, request_id)]
-                    if server_timing:
-                        extra.append((b"server-timing", b"app;dur=%.3f" % ((perf_counter() - start) * 1000)))
+                state[0] = message["status"]
+                if server_timing:
+                    extra.append((b"server-timing", b"app;dur=%.3f" % ((perf_counter() - start) * 1000)))
+                if extra:
                     message["headers"] = [*message.get("headers", ()), *extra]
-                elif server_timing:
-                    timing = (b"server-timing", b"app;dur=%.3f" % ((perf_counter() - start) * 1000))
-                    message["headers"] = [*message.get("headers", ()), timing]
             elif not message.get("more_body", False) and message["type"] != "http.response.trailers":
                 await send(message)
                 # The last body byte is out: the request is over for the client, whatever the app
                 # (BackgroundTasks) does next.
-                finished = perf_counter()
+                state[1] = perf_counter()
                 active[method] -= 1
                 return
             await send(message)
@@ -115,10 +104,11 @@ class InstrumentationMiddleware:
         try:
             await app(scope, receive_wrapper, send_wrapper)
         except BaseException:
-            if not finished:
-                status = 500
+            if not state[1]:
+                state[0] = 500
             raise
         finally:
+            status, finished, disconnected = state
             if not finished:
                 finished = perf_counter()
                 active[method] -= 1
@@ -130,7 +120,17 @@ class InstrumentationMiddleware:
             self.buffer_append((method, route, status, finished - start))
             if self.access_log:
                 self._log_access(scope, method, route, status, finished - start)
-            _current.reset(token)
+            if token is not None:
+                _current.reset(token)
+
+    def _request_id(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        header = self.header
+        for name, value in headers:
+            if name == header:
+                if accept_request_id(value):
+                    return value
+                break
+        return new_request_id()
 
     def _log_access(self, scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
         client = scope.get("client")

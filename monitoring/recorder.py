@@ -16,6 +16,8 @@ from typing import Any
 
 from prometheus_client import Gauge, Histogram
 
+from monitoring.contract import OTHER_METHOD, STANDARD_METHODS
+
 # (method, route, status, seconds)
 Observation = tuple[str, str, int, float]
 
@@ -39,8 +41,9 @@ class HttpRecorder:
 
     def __init__(self, duration: Histogram, active: Gauge) -> None:
         self.buffer: list[Observation] = []
-        # In-flight requests per method: a plain dict, the cheapest thing to update per request.
-        self.active: dict[str, int] = {}
+        # In-flight requests per method: a plain dict with every method the middleware can label, the
+        # cheapest thing to update per request. A method gets its series once it has been seen.
+        self.active: dict[str, int] = dict.fromkeys(sorted(STANDARD_METHODS | {OTHER_METHOD}), 0)
         self._duration = duration
         self._active_gauge = active
         self._bounds: list[float] = list(duration._upper_bounds)
@@ -59,13 +62,6 @@ class HttpRecorder:
             return self._flush()
 
     def _flush(self) -> int:
-        for method, count in self.active.items():
-            child = self._active_children.get(method)
-            if child is None:
-                child = self._active_children[method] = self._active_gauge.labels(method)
-            child.set(count)
-        if not self.buffer:
-            return 0
         count = len(self.buffer)
         batch = self.buffer[:count]
         del self.buffer[:count]
@@ -79,6 +75,16 @@ class HttpRecorder:
                 entry = aggregated[key] = ([0.0], [0] * width)
             entry[0][0] += seconds
             entry[1][bisect_left(bounds, seconds)] += 1
+        seen = {key[0] for key in aggregated}
+        for method, active in self.active.items():
+            child = self._active_children.get(method)
+            if child is None:
+                # A method gets its in-flight series once a request with it has been seen: in flight
+                # now, or finished since the last flush.
+                if not active and method not in seen:
+                    continue
+                child = self._active_children[method] = self._active_gauge.labels(method)
+            child.set(active)
         for key, (total, counts) in aggregated.items():
             child = self._children.get(key)
             if child is None:

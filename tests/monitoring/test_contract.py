@@ -45,7 +45,7 @@ def test_core_metric_names_types_and_labels_are_fixed(
     assert (spec.kind, spec.labels) == expected
 
 
-@pytest.mark.parametrize("spec", contract.ALL_METRICS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", contract.ALL_METRICS + contract.CLIENT_METRICS, ids=lambda s: s.name)
 def test_names_follow_prometheus_conventions(spec: contract.MetricSpec) -> None:
     assert re.fullmatch(r"[a-z][a-z0-9_]*", spec.name)
     assert spec.exposed_name.endswith("_total") == (spec.kind == "counter")
@@ -63,3 +63,10 @@ def test_every_contract_metric_is_made_by_metrics() -> None:
     for spec in contract.ALL_METRICS:
         if spec.name not in per_process:
             assert spec.name in registered, spec.name
+
+
+def test_client_side_metrics_are_not_registered_by_the_app() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    registered = {metric.name for metric in registry.collect()}
+    assert not registered & {spec.name for spec in contract.CLIENT_METRICS}

@@ -68,6 +68,31 @@ async def test_failing_or_hanging_critical_check_makes_ready_503_while_live_stay
     assert ("timed out" if failure == "hangs" else "ConnectionRefusedError") in output
 
 
+async def test_check_results_are_exported_as_health_check_status() -> None:
+    app, instr = make_app(readiness_cache_seconds=0)
+    healthy = {"cache": True}
+
+    @instr.health.check("database")
+    async def database() -> None:
+        return None
+
+    @instr.health.check("cache", critical=False)
+    async def cache() -> None:
+        if not healthy["cache"]:
+            raise ConnectionError("cache down")
+
+    def status(check: str) -> float | None:
+        return instr.registry.get_sample_value("health_check_status", {"check": check})
+
+    assert status("database") is None  # no series before readiness ran
+    async with client_for(app) as client:
+        await client.get("/health/ready")
+        assert (status("database"), status("cache")) == (1, 1)
+        healthy["cache"] = False
+        await client.get("/health")
+        assert (status("database"), status("cache")) == (1, 0)
+
+
 async def test_non_critical_failure_warns_but_stays_ready() -> None:
     app, instr = make_app()
 

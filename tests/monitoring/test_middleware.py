@@ -107,6 +107,13 @@ async def test_random_paths_and_junk_methods_share_one_series_each() -> None:
         )
         == 300
     )
+    # the in-flight gauge: one series per method seen, each back to zero, none for unseen methods
+    active = series(instr.registry, "http_server_active_requests")
+    assert sorted(s["http_request_method"] for s in active) == ["GET", OTHER_METHOD]
+    assert (
+        instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": OTHER_METHOD})
+        == 0
+    )
 
 
 async def test_duration_ends_at_last_body_byte_not_after_background_tasks() -> None:
