@@ -1,7 +1,7 @@
 """The ``asyncproof`` command line.
 
-Sub-commands are added as the parts they drive land: ``serve`` with the reference app, ``prove`` with
-the load-test orchestrator. Today it reports the installed version and the metric contract.
+``prove`` runs every execution style under load and judges it; ``serve`` runs the reference app;
+``worker`` its Celery worker; ``contract`` lists the metric contract.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from importlib.metadata import version
 def _contract(_: argparse.Namespace) -> int:
     from monitoring import contract
 
-    for spec in contract.ALL_METRICS:
+    for spec in contract.ALL_METRICS + contract.CLIENT_METRICS:
         labels = ",".join(spec.labels) or "-"
         print(f"{spec.exposed_name:<48} {spec.kind:<9} {labels}")
     return 0
@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     contract_cmd = commands.add_parser("contract", help="list every metric name, type and label set")
     contract_cmd.set_defaults(func=_contract)
+    from app import serve
+    from loadtests import prove
+
+    serve.add_parsers(commands)
+    prove.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -1,0 +1,1 @@
+"""Task records, the stores that keep them, and the ways of running them."""

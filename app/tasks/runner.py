@@ -1,0 +1,196 @@
+"""Runs submitted work in-process: FastAPI BackgroundTasks, a bounded thread pool, or a process pool.
+
+Each submission gets a record in the task store (pending → running → success/failed). A failure
+marked retryable is tried again after an exponential backoff; the task timeout bounds the whole
+submission; at shutdown tasks that cannot finish in time are marked failed with reason
+``interrupted`` rather than left ``running`` for ever. Every attempt is recorded with
+:class:`monitoring.TaskTracker`, with the style as the ``backend`` label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+import anyio.to_thread
+
+from app.settings import Settings
+from app.tasks.store import TaskRecord, TaskStore
+from app.work import WorkFailed, WorkRequest, run_blocking
+from monitoring import Metrics, TaskTracker
+
+log = logging.getLogger("asyncproof.tasks")
+
+# The `task` label of the task metrics: every style runs the same work.
+TASK_NAME = "work"
+IN_PROCESS_STYLES = ("background", "executor", "process")
+
+
+def _set_started(future: asyncio.Future[tuple[float, int]], value: tuple[float, int]) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+class TaskRunner:
+    def __init__(self, store: TaskStore, metrics: Metrics, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.trackers = {style: TaskTracker(metrics, style) for style in IN_PROCESS_STYLES}
+        self.threads = ThreadPoolExecutor(settings.executor_threads, thread_name_prefix="asyncproof-work")
+        self._processes: ProcessPoolExecutor | None = None
+        # Tasks of this worker that have not reached a terminal state.
+        self.active: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def processes(self) -> ProcessPoolExecutor:
+        if self._processes is None:
+            # spawn, not fork: forking a process that runs an event loop and threads copies their
+            # locks in whatever state they are in.
+            self._processes = ProcessPoolExecutor(
+                self.settings.process_pool_workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._processes
+
+    async def create(self, style: str) -> TaskRecord:
+        record = TaskRecord(id=uuid.uuid4().hex, style=style, created_at=time.time())
+        await self.store.create(record)
+        return record
+
+    async def submit(self, style: str, request: WorkRequest) -> TaskRecord:
+        """Create the record and start the work in the background of this worker."""
+        record = await self.create(style)
+        task = asyncio.create_task(self.execute(record.id, style, request), name=f"task-{record.id}")
+        self.active[record.id] = task
+        task.add_done_callback(lambda _: self.active.pop(record.id, None))
+        return record
+
+    async def execute(self, task_id: str, style: str, request: WorkRequest) -> None:
+        """Run ``request`` to a terminal state in the store, with retries and the task timeout."""
+        current = asyncio.current_task()
+        if current is not None:
+            self.active.setdefault(task_id, current)
+        try:
+            async with asyncio.timeout(self.settings.task_timeout_seconds) as deadline:
+                result, attempt = await self._with_retries(task_id, style, request, deadline)
+        except TimeoutError:
+            await self._finish(
+                task_id,
+                status="failed",
+                reason="timeout",
+                error=f"not finished within {self.settings.task_timeout_seconds:g} s",
+            )
+        except WorkFailed as error:
+            reason = "retries exhausted" if error.retryable else "error"
+            await self._finish(task_id, status="failed", reason=reason, error=str(error))
+        except asyncio.CancelledError:
+            await asyncio.shield(self.interrupt(task_id))
+            raise
+        except Exception as error:  # a broken process pool, an unpicklable result...
+            log.exception("task %s failed", task_id)
+            await self._finish(
+                task_id, status="failed", reason="error", error=f"{type(error).__name__}: {error}"
+            )
+        else:
+            await self._finish(task_id, status="success", result=result, error=None, attempts=attempt)
+        finally:
+            self.active.pop(task_id, None)
+
+    async def _with_retries(
+        self, task_id: str, style: str, request: WorkRequest, deadline: asyncio.Timeout
+    ) -> tuple[dict[str, Any], int]:
+        attempt = 1
+        while True:
+            try:
+                return await self._attempt(task_id, style, request, attempt, deadline), attempt
+            except WorkFailed as error:
+                if not error.retryable or attempt > self.settings.task_max_retries:
+                    await self.store.update(task_id, attempts=attempt)
+                    raise
+                await self.store.update(task_id, status="pending", error=str(error), attempts=attempt)
+                await asyncio.sleep(self.settings.task_retry_backoff_seconds * 2 ** (attempt - 1))
+                attempt += 1
+
+    async def _attempt(
+        self, task_id: str, style: str, request: WorkRequest, attempt: int, deadline: asyncio.Timeout
+    ) -> dict[str, Any]:
+        tracker = self.trackers[style]
+        submitted_at = tracker.submitted(TASK_NAME)
+        if style == "process":
+            # The child cannot report back when it starts; the record turns running on submission.
+            await self.store.update(task_id, status="running", started_at=time.time(), attempts=attempt)
+            async with tracker.track(TASK_NAME, submitted_at=submitted_at) as run:
+                try:
+                    result: dict[str, Any] = await self._in_executor(
+                        self.processes, run_blocking, request, attempt
+                    )
+                except asyncio.CancelledError:
+                    if deadline.expired():  # the task timeout, not a shutdown
+                        run.outcome = "timeout"
+                    raise
+            await self.store.update(task_id, pid=result["pid"])
+            return result
+
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[tuple[float, int]] = loop.create_future()
+        timeout = self.settings.task_timeout_seconds
+
+        def work() -> dict[str, Any]:
+            loop.call_soon_threadsafe(_set_started, started, (time.time(), os.getpid()))
+            with tracker.track(TASK_NAME, submitted_at=submitted_at, timeout=timeout):
+                return run_blocking(request, attempt)
+
+        if style == "executor":
+            future: asyncio.Future[dict[str, Any]] = loop.run_in_executor(self.threads, work)
+        else:  # background: the AnyIO threadpool, where Starlette runs a sync background function
+            future = asyncio.ensure_future(anyio.to_thread.run_sync(work, abandon_on_cancel=True))
+        try:
+            await asyncio.wait([started, future], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+            if started.done():
+                started_at, pid = started.result()
+                await self.store.update(
+                    task_id, status="running", started_at=started_at, pid=pid, attempts=attempt
+                )
+            return await future
+        finally:
+            future.cancel()
+
+    async def _in_executor(self, executor: Executor, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(executor, func, *args)
+
+    async def _finish(self, task_id: str, **changes: Any) -> None:
+        await self.store.update(task_id, finished_at=time.time(), **changes)
+
+    async def interrupt(self, task_id: str) -> None:
+        await self._finish(
+            task_id,
+            status="failed",
+            reason="interrupted",
+            error="the worker shut down before the task finished",
+        )
+
+    async def shutdown(self, grace: float) -> int:
+        """Give unfinished tasks ``grace`` seconds, then mark the rest interrupted; returns how many.
+
+        Safe to call twice (on drain and at lifespan shutdown): the second call finds nothing left.
+        """
+        pending = [task for task in self.active.values() if task is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        left = [
+            task for task in self.active.values() if not task.done() and task is not asyncio.current_task()
+        ]
+        for task in left:
+            task.cancel()  # execute() marks it interrupted
+        if left:
+            await asyncio.wait(left, timeout=5)
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.shutdown(wait=False, cancel_futures=True)
+        return len(left)
