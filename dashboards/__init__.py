@@ -1,0 +1,1 @@
+"""Grafana dashboards as code (grafanalib): ``*.dashboard.py`` here, JSON in ``json/``."""

@@ -1,0 +1,86 @@
+"""Runtime: event-loop lag per worker, the AnyIO threadpool, memory and CPU per worker."""
+
+from dashboards.common import INSTANCE, RATE, make_dashboard, name, panel, quantile
+from monitoring.contract import (
+    ANYIO_THREADPOOL_BORROWED,
+    ANYIO_THREADPOOL_TOTAL,
+    ANYIO_THREADPOOL_WAITING,
+    ASYNCIO_EVENT_LOOP_LAG,
+    ASYNCIO_EVENT_LOOP_LAG_MAX,
+    PROCESS_CPU_SECONDS,
+    PROCESS_OPEN_FDS,
+    PROCESS_RESIDENT_MEMORY,
+    PROCESS_THREADS,
+    SYSTEM_CPU_UTILIZATION,
+    SYSTEM_MEMORY_UTILIZATION,
+)
+
+selected = 'instance=~"$instance"'
+
+dashboard = make_dashboard(
+    "runtime",
+    "Is the event loop free? Is the threadpool saturated? What does each worker hold?",
+    [INSTANCE],
+    [
+        panel(
+            "Event-loop lag, worst per worker",
+            [(f"max by (pid) ({name(ASYNCIO_EVENT_LOOP_LAG_MAX)}{{{selected}}})", "worker {{pid}}")],
+            "s",
+            0,
+            0,
+        ),
+        panel(
+            "Event-loop lag p99 (all workers)",
+            [(quantile(0.99, ASYNCIO_EVENT_LOOP_LAG, "", selected), "p99")],
+            "s",
+            12,
+            0,
+        ),
+        panel(
+            "AnyIO threadpool tokens",
+            [
+                (f"sum({name(ANYIO_THREADPOOL_BORROWED)}{{{selected}}})", "borrowed"),
+                (f"sum({name(ANYIO_THREADPOOL_WAITING)}{{{selected}}})", "waiting"),
+                (f"sum({name(ANYIO_THREADPOOL_TOTAL)}{{{selected}}})", "total"),
+            ],
+            "short",
+            0,
+            8,
+        ),
+        panel(
+            "Resident memory per worker",
+            [(f"max by (pid) ({name(PROCESS_RESIDENT_MEMORY)}{{{selected}}})", "worker {{pid}}")],
+            "bytes",
+            12,
+            8,
+        ),
+        panel(
+            "CPU per worker",
+            [(f"sum by (pid) (rate({name(PROCESS_CPU_SECONDS)}{{{selected}}}[{RATE}]))", "worker {{pid}}")],
+            "percentunit",
+            0,
+            16,
+        ),
+        panel(
+            "Open files and threads per worker",
+            [
+                (f"max by (pid) ({name(PROCESS_OPEN_FDS)}{{{selected}}})", "fds {{pid}}"),
+                (f"max by (pid) ({name(PROCESS_THREADS)}{{{selected}}})", "threads {{pid}}"),
+            ],
+            "short",
+            12,
+            16,
+        ),
+        panel(
+            "Machine CPU and memory",
+            [
+                (f"max({name(SYSTEM_CPU_UTILIZATION)}{{{selected}}})", "cpu"),
+                (f"max({name(SYSTEM_MEMORY_UTILIZATION)}{{{selected}}})", "memory"),
+            ],
+            "percentunit",
+            0,
+            24,
+            w=24,
+        ),
+    ],
+)
