@@ -25,11 +25,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 GROUPS = {
-    "single": ["bare", "asyncproof", "instrumentator", "starlette-exporter", "middleware"],
+    "single": ["bare", "asyncproof", "asyncproof-ids", "instrumentator", "starlette-exporter", "middleware"],
     "multiprocess": ["bare", "asyncproof"],
 }
 LABELS = {
     "asyncproof": "asyncproof, defaults",
+    "asyncproof-ids": "asyncproof + request id and Server-Timing",
     "instrumentator": "prometheus-fastapi-instrumentator, defaults",
     "starlette-exporter": "starlette-exporter, defaults",
     "middleware": '@app.middleware("http") + prometheus_client',
@@ -47,12 +48,15 @@ def build(variant: str) -> tuple[Any, Callable[[], object]]:
         return {"item_id": item_id, "name": "widget"}
 
     after_batch: Callable[[], object] = lambda: None  # noqa: E731
-    if variant == "asyncproof":
+    if variant in ("asyncproof", "asyncproof-ids"):
         from prometheus_client import CollectorRegistry
 
         import monitoring
 
-        instrumentation = monitoring.instrument(app, registry=CollectorRegistry())
+        options: dict[str, Any] = {}
+        if variant == "asyncproof-ids":
+            options = {"request_id_header": "X-Request-ID", "server_timing": True}
+        instrumentation = monitoring.instrument(app, registry=CollectorRegistry(), **options)
         after_batch = instrumentation.recorder.flush
     elif variant == "instrumentator":
         from prometheus_client import CollectorRegistry

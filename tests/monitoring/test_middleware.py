@@ -236,7 +236,7 @@ async def test_active_requests_count_requests_in_flight() -> None:
     ],
 )
 async def test_incoming_request_id_is_kept_only_when_safe(incoming: str, kept: bool) -> None:
-    app, _ = make_app()
+    app, _ = make_app(request_id_header="X-Request-ID")
     seen: list[str | None] = []
 
     @app.get("/whoami")
@@ -257,7 +257,7 @@ async def test_incoming_request_id_is_kept_only_when_safe(incoming: str, kept: b
 
 
 async def test_generated_request_ids_are_unique_and_server_timing_is_set() -> None:
-    app, _ = make_app()
+    app, _ = make_app(request_id_header="X-Request-ID", server_timing=True)
     async with client_for(app) as client:
         responses = [await client.get("/items/1") for _ in range(50)]
     assert len({r.headers["x-request-id"] for r in responses}) == 50
@@ -267,12 +267,20 @@ async def test_generated_request_ids_are_unique_and_server_timing_is_set() -> No
         assert float(duration) >= 0
 
 
-async def test_request_id_and_server_timing_can_be_turned_off() -> None:
-    app, _ = make_app(request_id_header=None, server_timing=False)
+async def test_request_id_and_server_timing_are_opt_in() -> None:
+    app, _ = make_app()
+    seen: list[str | None] = []
+
+    @app.get("/whoami")
+    async def whoami() -> dict[str, str | None]:
+        seen.append(monitoring.get_request_id())
+        return {}
+
     async with client_for(app) as client:
-        response = await client.get("/items/1")
+        response = await client.get("/whoami", headers={"X-Request-ID": "abc"})
     assert "x-request-id" not in response.headers
     assert "server-timing" not in response.headers
+    assert seen == [None]
 
 
 async def test_metrics_and_health_paths_are_excluded_by_default_and_configurably_included() -> None:
