@@ -170,7 +170,6 @@ class ReadThrough:
     def __init__(self, backend: CacheBackend) -> None:
         self.backend = backend
         self._loading: dict[str, asyncio.Future[Any]] = {}
-        self.loads = 0
 
     async def get(self, key: str, load: Callable[[], Awaitable[Any | None]]) -> Any | None:
         value = await self.backend.get(key)
@@ -182,7 +181,6 @@ class ReadThrough:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         try:
-            self.loads += 1
             value = await load()
             if value is not None:  # a missing row is not cached: it may be created next
                 await self.backend.set(key, value)

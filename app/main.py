@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
     (default: prometheus_client's global one), for tests that build several apps in one process."""
     settings = settings or Settings()
     warm = WarmData(settings.warm_data_mb)
-    services = Services(settings, warm)
+    services = Services(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -24,8 +24,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from prometheus_client import CollectorRegistry
 
 from app.settings import Settings
-from app.tasks.store import TaskStore, open_store
-from app.work import QueueUnavailable, WorkFailed, WorkRequest, run_blocking
+from app.tasks.store import TaskStore, open_store_for
+from app.work import TASK_NAME, QueueUnavailable, WorkFailed, WorkRequest, run_blocking
 from monitoring import Metrics, TaskTracker
 
 TASK = "asyncproof.work"
@@ -115,13 +115,7 @@ def _worker_state() -> tuple[asyncio.AbstractEventLoop, TaskStore, TaskTracker]:
     with _worker_lock:
         if "pid" not in _worker or _worker["pid"] != os.getpid():
             loop = asyncio.new_event_loop()
-            store = open_store(
-                settings.task_store,
-                path=settings.task_db_path,
-                redis_url=settings.redis_store_url,
-                ttl=settings.task_ttl_seconds,
-                max_items=settings.task_max_stored,
-            )
+            store = open_store_for(settings)
             _worker.update(pid=os.getpid(), loop=loop, store=store, tracker=TaskTracker(_metrics(), "celery"))
     return _worker["loop"], _worker["store"], _worker["tracker"]
 
@@ -137,7 +131,9 @@ def work_task(self: Task, task_id: str, request: dict[str, Any], submitted_at: f
 
     update(status="running", started_at=time.time(), pid=os.getpid(), attempts=attempt)
     try:
-        with tracker.track("work", submitted_at=submitted_at, timeout=settings.task_timeout_seconds) as run:
+        with tracker.track(
+            TASK_NAME, submitted_at=submitted_at, timeout=settings.task_timeout_seconds
+        ) as run:
             try:
                 result = run_blocking(work, attempt)
             except SoftTimeLimitExceeded:
@@ -154,7 +150,7 @@ def work_task(self: Task, task_id: str, request: dict[str, Any], submitted_at: f
     except WorkFailed as error:
         if error.retryable and self.request.retries < settings.task_max_retries:
             update(status="pending", error=str(error))
-            tracker.submitted("work")
+            tracker.submitted(TASK_NAME)
             countdown = settings.task_retry_backoff_seconds * 2**self.request.retries
             raise self.retry(countdown=countdown, args=[task_id, request, time.time() + countdown]) from error
         reason = "retries exhausted" if error.retryable else "error"

@@ -6,16 +6,15 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from app.data import Items, LocalCache, ReadThrough, RedisCache, create_schema, make_engine
 from app.maintenance import Lease, PeriodicJob, RedisLease, SqliteLease
 from app.settings import Settings
 from app.tasks.runner import TaskRunner
-from app.tasks.store import TaskStore, open_store
-from app.warm import WarmData
+from app.tasks.store import TaskStore, open_store_for
 from monitoring import Instrumentation, TaskTracker, instrument_pool
 
 if TYPE_CHECKING:
@@ -25,9 +24,8 @@ log = logging.getLogger("asyncproof.app")
 
 
 class Services:
-    def __init__(self, settings: Settings, warm: WarmData) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.warm = warm
         self.store: TaskStore
         self.runner: TaskRunner
         self.items: Items
@@ -36,18 +34,13 @@ class Services:
         self.publisher: Publisher | None
         self._lease: Lease
         self._background: set[asyncio.Task[Any]] = set()
+        self._check_clients: list[Any] = []  # Redis clients of the readiness checks
 
     async def start(self, instrumentation: Instrumentation) -> None:
         settings = self.settings
         metrics = instrumentation.metrics
         os.makedirs(settings.state_dir, exist_ok=True)
-        self.store = open_store(
-            settings.task_store,
-            path=settings.task_db_path,
-            redis_url=settings.redis_store_url,
-            ttl=settings.task_ttl_seconds,
-            max_items=settings.task_max_stored,
-        )
+        self.store = open_store_for(settings)
         self.runner = TaskRunner(self.store, metrics, settings)
 
         engine = make_engine(settings)
@@ -112,9 +105,16 @@ class Services:
         if self.settings.task_store != "memory":
             instrumentation.add_check("taskstore", self._ping_store, timeout=1.0)
         if self.settings.redis_url:
-            instrumentation.add_check("redis", _redis_ping(self.settings.redis_url), timeout=1.0)
+            instrumentation.add_check("redis", self._redis_ping(self.settings.redis_url), timeout=1.0)
         if self.settings.broker_url.startswith("redis"):
-            instrumentation.add_check("broker", _redis_ping(self.settings.broker_url), timeout=1.0)
+            instrumentation.add_check("broker", self._redis_ping(self.settings.broker_url), timeout=1.0)
+
+    def _redis_ping(self, url: str) -> Any:
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        self._check_clients.append(client)
+        return client.ping
 
     async def _ping_store(self) -> None:
         await self.store.get("readiness-probe")
@@ -126,7 +126,8 @@ class Services:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        for close in (self.store.close, self.items.cache.backend.close, self._lease.close):
+        closers = [client.aclose for client in self._check_clients]
+        for close in (self.store.close, self.items.cache.backend.close, self._lease.close, *closers):
             with contextlib.suppress(Exception):
                 await close()
         await self.items.engine.dispose()
@@ -134,18 +135,10 @@ class Services:
             self.publisher.close()
 
 
-def _redis_ping(url: str) -> Any:
-    import redis.asyncio
-
-    client = redis.asyncio.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-
-    async def ping() -> None:
-        await client.ping()
-
-    return ping
-
-
 def services(request: Request) -> Services:
     """FastAPI dependency: the app's services."""
     found: Services = request.app.state.services
     return found
+
+
+ServicesDep = Annotated[Services, Depends(services)]

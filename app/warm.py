@@ -29,9 +29,6 @@ class WarmData:
         self.load_seconds = time.perf_counter() - started
         self.rss_growth_bytes = max(0, psutil.Process().memory_info().rss - rss_before)
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
     def describe(self) -> dict[str, Any]:
         return {
             "megabytes_requested": self.megabytes,

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_DURATION_MS = 60_000
+# The `task` label of the task metrics: every style runs the same work.
+TASK_NAME = "work"
 
 
 class WorkRequest(BaseModel):

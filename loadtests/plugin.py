@@ -34,8 +34,6 @@ SAMPLES_MESSAGE = "asyncproof_samples"
 SHIP_INTERVAL = 2.0
 PROBE_TYPE = "PROBE"
 TASK_TYPE = "TASK"
-# Request types that are not HTTP endpoints of the app under test
-NOT_ENDPOINTS = (PROBE_TYPE, TASK_TYPE)
 
 
 class Collector:
@@ -47,9 +45,6 @@ class Collector:
     def __init__(self) -> None:
         self.samples: dict[str, list[stats.Sample]] = defaultdict(list)
         self.counters: dict[str, float] = defaultdict(float)
-        # cumulative response-time histogram per key, for the client-side exporter
-        self.buckets: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = defaultdict(float)
 
     def add(self, key: str, sample: stats.Sample) -> None:
         self.samples[key].append(sample)
@@ -162,13 +157,13 @@ class Run:
             if request_type == PROBE_TYPE:
                 probes[name] = summary.as_dict()
             elif request_type == TASK_TYPE:
-                tasks[name] = _task_figures(name, summary)
+                tasks[name] = _task_figures(summary)
             else:
                 endpoints[key] = summary.as_dict()
         for name, amount in collector.counters.items():
             if name.startswith("task."):
                 _, style, figure = name.split(".", 2)
-                tasks.setdefault(style, _task_figures(style, stats.Summary()))[figure] = int(amount)
+                tasks.setdefault(style, _task_figures(stats.Summary()))[figure] = int(amount)
         counters = collector.counters
         probe = {
             "would_restart": int(counters.get("probe.would_restart", 0)),
@@ -240,7 +235,7 @@ class Run:
         return series
 
 
-def _task_figures(style: str, summary: stats.Summary) -> dict[str, Any]:
+def _task_figures(summary: stats.Summary) -> dict[str, Any]:
     def seconds(ms: float | None) -> float | None:
         return None if ms is None else round(ms / 1000, 3)
 

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ import httpx
 import psutil
 
 from loadtests import report as reports
-from loadtests.processes import BIN, children, free_port, running, wait_for
+from loadtests.processes import BIN, children, free_port, port_open, running, wait_for
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 REDIS = ("127.0.0.1", 6379)
@@ -67,11 +66,15 @@ class Scenario:
     server: str = "gunicorn"
     workers: int = 2
     settings: dict[str, str] = field(default_factory=dict)
-    needs_redis: bool = False
     # Users start at this rate (per second; 0: all at once): blocking styles need the first connections
     # spread over the workers, or the worker that accepts them first hoards them all.
     spawn_rate: float = 0
     min_seconds: int = 0  # the run lasts at least this long, whatever the profile
+
+    @property
+    def needs_redis(self) -> bool:
+        """The queue style: it runs a Celery worker on a Redis broker."""
+        return "ASYNCPROOF_BROKER_URL" in self.settings
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -193,7 +196,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         style="queue",
         work_ms=300,
         settings={"ASYNCPROOF_BROKER_URL": BROKER_URL},
-        needs_redis=True,
     ),
 )
 
@@ -232,7 +234,7 @@ def row(scenario: Scenario, results: dict[str, Any], workers_replaced: int) -> d
         "submit_p50_ms": submit.get("p50"),
         "submit_p99_ms": submit.get("p99"),
         "probe_p99_ms": liveness.get("p99"),
-        "probe_failures": sum(p.get("failures", 0) for p in probes.values()),
+        "probe_failures": results.get("probe", {}).get("failures", 0),
         "would_restart": results.get("probe", {}).get("would_restart", 0),
         "loop_lag_p99_s": None if lag is None else round(lag, 4),
         "threadpool_waiting_max": server.get("threadpool.waiting.max"),
@@ -242,12 +244,6 @@ def row(scenario: Scenario, results: dict[str, Any], workers_replaced: int) -> d
         "throughput_rps": submit.get("rps"),
         "workers_replaced": workers_replaced,
     }
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 class Prover:
@@ -328,7 +324,7 @@ class Prover:
 
     def _worker(self, scenario: Scenario, env: dict[str, str], folder: Path) -> Any:
         """The Celery worker of the queue scenario (nothing for the others)."""
-        if "ASYNCPROOF_BROKER_URL" not in scenario.settings:
+        if not scenario.needs_redis:
             return contextlib.nullcontext()
         import redis
 

@@ -45,13 +45,19 @@ def cell(value: Any, fmt: str) -> str:
         return str(value)
 
 
+def _cells(scenario: dict[str, Any]) -> list[str]:
+    """One scenario's row of the verdict table; a skipped one says why in its last cell."""
+    cells = [cell(scenario.get(key), fmt) for key, _, fmt in COLUMNS]
+    if scenario.get("skipped"):
+        cells[-1] = f"skipped: {scenario['skipped']}"
+    return cells
+
+
 def table(report: dict[str, Any]) -> str:
     """The verdict table as plain text (the same one goes into the README and report.html)."""
     rows = [[title for _, title, _ in COLUMNS]]
     for scenario in report["scenarios"]:
-        cells = [cell(scenario.get(key), fmt) for key, _, fmt in COLUMNS]
-        if scenario.get("skipped"):
-            cells[-1] = f"skipped: {scenario['skipped']}"
+        cells = _cells(scenario)
         mark = "" if scenario["match"] or scenario.get("skipped") else "  <-- MISMATCH"
         rows.append([*cells, mark])
     widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(COLUMNS))]
@@ -141,13 +147,8 @@ def _table_html(report: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in COLUMNS)
     rows = []
     for scenario in report["scenarios"]:
-        cells = [cell(scenario.get(key), fmt) for key, _, fmt in COLUMNS]
-        if scenario.get("skipped"):
-            cells[-1] = f"skipped: {scenario['skipped']}"
-            status = "skipped"
-        else:
-            status = "match" if scenario["match"] else "mismatch"
-        body = "".join(f"<td>{html.escape(value)}</td>" for value in cells)
+        status = "skipped" if scenario.get("skipped") else ("match" if scenario["match"] else "mismatch")
+        body = "".join(f"<td>{html.escape(value)}</td>" for value in _cells(scenario))
         rows.append(f'<tr class="{status}">{body}</tr>')
     return f'<table id="verdicts"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 

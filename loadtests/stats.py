@@ -130,7 +130,6 @@ class Scrape:
     threadpool_waiting: float = 0.0  # summed over workers
     threadpool_borrowed: float = 0.0
     rss_by_pid: dict[str, float] = field(default_factory=dict)
-    requests: float = 0.0  # requests counted by the server (all routes)
 
 
 def parse_scrape(text: str, when: float) -> Scrape:
@@ -143,7 +142,6 @@ def parse_scrape(text: str, when: float) -> Scrape:
         contract.ANYIO_THREADPOOL_BORROWED.exposed_name: "threadpool_borrowed",
     }
     rss = contract.PROCESS_RESIDENT_MEMORY.exposed_name
-    requests_count = contract.HTTP_SERVER_REQUEST_DURATION.exposed_name + "_count"
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == lag + "_bucket":
@@ -156,8 +154,6 @@ def parse_scrape(text: str, when: float) -> Scrape:
                 setattr(scrape, attribute, value)
             elif sample.name == rss:
                 scrape.rss_by_pid[sample.labels.get("pid", "")] = sample.value
-            elif sample.name == requests_count:
-                scrape.requests += sample.value
     return scrape
 
 

@@ -25,18 +25,6 @@ if TYPE_CHECKING:
 access_logger = logging.getLogger("asyncproof.access")
 
 
-def route_template(scope: Scope, root_path: str) -> str:
-    """The matched route's template, prefixed by any ``Mount`` it sits under; never the raw path."""
-    route = scope.get("route")
-    path: str | None = getattr(route, "path", None)
-    if path is None:
-        return UNMATCHED_ROUTE
-    mounted: str = scope.get("root_path", "")
-    if mounted != root_path and mounted.startswith(root_path):
-        return mounted[len(root_path) :] + path
-    return path
-
-
 class _Exchange:
     """One request in flight. Its bound ``send`` and ``receive`` wrap the server's.
 
@@ -169,11 +157,15 @@ class InstrumentationMiddleware:
             if app is not self.app:
                 route = scope["path"]
             else:
+                # The matched route's template, never the raw path; under a Mount, prefixed by the
+                # part of root_path the Mount added.
                 route = getattr(scope.get("route"), "path", None)
                 if route is None:
                     route = UNMATCHED_ROUTE
-                elif scope.get("root_path", "") != root_path:  # under a Mount
-                    route = route_template(scope, root_path)
+                else:
+                    mounted: str = scope.get("root_path", "")
+                    if mounted != root_path and mounted.startswith(root_path):
+                        route = mounted[len(root_path) :] + route
             self.buffer_append((method, route, status, finished - start))
             if self.access_log:
                 self._log_access(scope, method, route, status, finished - start)

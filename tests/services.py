@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import pytest
+
+from loadtests.processes import port_open
 
 REQUIRED = os.environ.get("ASYNCPROOF_REQUIRE_SERVICES") == "1"
 
@@ -21,14 +22,6 @@ def unavailable(reason: str) -> None:
     if REQUIRED:
         pytest.fail(f"{reason} (ASYNCPROOF_REQUIRE_SERVICES=1: a missing service is a failure)")
     pytest.skip(reason)
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def require_port(name: str, host: str, port: int) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 
 from app.data import ItemIn, ItemOut
 from app.routes import UNREADABLE_BODY, problem
-from app.services import Services, services
+from app.services import ServicesDep
 
 router = APIRouter(prefix="/items", tags=["items"])
-ServicesDep = Annotated[Services, Depends(services)]
 
 
 @router.post("", status_code=201, responses=UNREADABLE_BODY)

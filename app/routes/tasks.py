@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
 from app.routes import problem
-from app.services import Services, services
+from app.services import ServicesDep
 from app.tasks.store import Status
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -36,7 +36,7 @@ def _time(value: float | None) -> datetime | None:
 @router.get("/{task_id}", name="get_task", responses=problem(404, "No such task (here)"))
 async def get_task(
     task_id: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")],
-    app: Annotated[Services, Depends(services)],
+    app: ServicesDep,
 ) -> TaskOut:
     record = await app.store.get(task_id)
     if record is None:

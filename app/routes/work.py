@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
 from pydantic import BaseModel
 
 from app.routes import UNREADABLE_BODY, problem
-from app.services import Services, services
+from app.services import ServicesDep
 from app.work import (
+    TASK_NAME,
     AsyncWorkRequest,
     InlineWorkRequest,
     QueueUnavailable,
@@ -20,7 +21,6 @@ from app.work import (
 )
 
 router = APIRouter(prefix="/work", tags=["work"], responses=UNREADABLE_BODY)
-ServicesDep = Annotated[Services, Depends(services)]
 
 
 class Accepted(BaseModel):
@@ -129,5 +129,5 @@ async def queue(work: WorkRequest, app: ServicesDep, request: Request, response:
             record.id, status="failed", reason="not queued", error=str(error), finished_at=time.time()
         )
         raise HTTPException(503, f"task queue unavailable: {error}", headers={"Retry-After": "5"}) from error
-    app.queue_tracker.submitted("work")
+    app.queue_tracker.submitted(TASK_NAME)
     return _accepted(request, response, record.id)

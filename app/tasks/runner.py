@@ -15,21 +15,18 @@ import multiprocessing
 import os
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import anyio.to_thread
 
 from app.settings import Settings
 from app.tasks.store import TaskRecord, TaskStore
-from app.work import WorkFailed, WorkRequest, run_blocking
+from app.work import TASK_NAME, WorkFailed, WorkRequest, run_blocking
 from monitoring import Metrics, TaskTracker
 
 log = logging.getLogger("asyncproof.tasks")
 
-# The `task` label of the task metrics: every style runs the same work.
-TASK_NAME = "work"
 IN_PROCESS_STYLES = ("background", "executor", "process")
 
 
@@ -127,7 +124,7 @@ class TaskRunner:
             await self.store.update(task_id, status="running", started_at=time.time(), attempts=attempt)
             async with tracker.track(TASK_NAME, submitted_at=submitted_at) as run:
                 try:
-                    result: dict[str, Any] = await self._in_executor(
+                    result: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(
                         self.processes, run_blocking, request, attempt
                     )
                 except asyncio.CancelledError:
@@ -160,9 +157,6 @@ class TaskRunner:
             return await future
         finally:
             future.cancel()
-
-    async def _in_executor(self, executor: Executor, func: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(executor, func, *args)
 
     async def _finish(self, task_id: str, **changes: Any) -> None:
         await self.store.update(task_id, finished_at=time.time(), **changes)

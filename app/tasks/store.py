@@ -13,11 +13,14 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from app.sqlite import use_wal
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 Status = Literal["pending", "running", "success", "failed"]
 TERMINAL: frozenset[str] = frozenset({"success", "failed"})
@@ -273,6 +276,17 @@ class RedisTaskStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def open_store_for(settings: Settings) -> TaskStore:
+    """The task store the settings choose (web workers and Celery workers open the same one)."""
+    return open_store(
+        settings.task_store,
+        path=settings.task_db_path,
+        redis_url=settings.redis_store_url,
+        ttl=settings.task_ttl_seconds,
+        max_items=settings.task_max_stored,
+    )
 
 
 def open_store(kind: str, *, path: str, redis_url: str, ttl: float, max_items: int) -> TaskStore:

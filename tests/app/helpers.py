@@ -14,9 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from app.main import create_app
 from app.settings import Settings
+from app.tasks.store import TERMINAL
 from tests.monitoring.helpers import client_for
-
-TERMINAL = {"success", "failed"}
 
 
 def settings_for(state_dir: Path, **overrides: Any) -> Settings:
