@@ -1,12 +1,15 @@
 """Microseconds each instrumentation adds to a request, measured in-process.
 
 The ASGI app (one JSON route) is called directly — no server, no sockets — bare and instrumented, in
-interleaved rounds; the figure per variant is the median over rounds of (variant - bare) for that
-round, so machine noise hits every variant alike. Multiprocess mode needs PROMETHEUS_MULTIPROC_DIR
-before prometheus_client is imported, so each group of variants runs in its own child process with
-its own bare baseline.
+interleaved rounds. Each round runs a batch of every variant with a bare batch before and after it
+(bare, A, bare, B, bare, ...; the order of the variants rotates from round to round), and a
+variant's figure for the round is its time per request minus the mean of the two bare batches around
+it, which cancels noise that drifts during the round. The figure per variant is the median over
+rounds, with a bootstrap 95 % confidence interval of that median. Multiprocess mode needs
+PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported, so each group of variants runs in its
+own child process with its own bare batches.
 
-    .venv/bin/python benchmarks/overhead.py [--rounds 30] [--requests 2000]
+    .venv/bin/python benchmarks/overhead.py [--rounds 100] [--requests 500]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -127,30 +131,53 @@ async def batch(app: Callable[..., Awaitable[None]], count: int, after: Callable
 
 
 def run_group(variants: list[str], rounds: int, requests: int) -> dict[str, list[float]]:
+    """Per variant, its time per request minus the bare batches' around it, one figure per round;
+    under "bare", the bare batches' times per request."""
     apps = {variant: build(variant) for variant in variants}
     loop = asyncio.new_event_loop()
-    for app, after in apps.values():  # warm up: imports, caches, first-time label children
-        loop.run_until_complete(batch(app, 200, after))
-    per_round: dict[str, list[float]] = {variant: [] for variant in variants}
+
+    def timed(variant: str, count: int) -> float:
+        app, after = apps[variant]
+        gc.collect()  # every batch starts with no garbage from the one before
+        return loop.run_until_complete(batch(app, count, after))
+
+    for variant in variants:  # warm up: imports, caches, first-time label children
+        timed(variant, 200)
+    # The apps and everything imported move to the collector's permanent generation, as in a
+    # Gunicorn worker forked after gc.freeze() (monitoring.gunicorn does that): the collection
+    # before each batch then walks only what the batches left, instead of flushing the CPU caches
+    # with the whole heap.
+    gc.collect()
+    gc.freeze()
+    others = [variant for variant in variants if variant != "bare"]
+    added: dict[str, list[float]] = {variant: [] for variant in variants}
     for round_number in range(rounds):
-        order = variants[round_number % len(variants) :] + variants[: round_number % len(variants)]
-        for variant in order:
-            app, after = apps[variant]
-            gc.collect()
-            per_round[variant].append(loop.run_until_complete(batch(app, requests, after)))
+        shift = round_number % len(others)
+        before = timed("bare", requests)
+        added["bare"].append(before)
+        for variant in others[shift:] + others[:shift]:
+            cost = timed(variant, requests)
+            after = timed("bare", requests)
+            added["bare"].append(after)
+            added[variant].append(cost - (before + after) / 2)
+            before = after
     loop.close()
-    return per_round
+    return added
 
 
-def summarize(per_round: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    bare = per_round["bare"]
-    result = {"bare": {"us_per_request": statistics.median(bare), "added_us": 0.0}}
-    for variant, times in per_round.items():
+def median_with_interval(values: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """The median and a bootstrap 95 % confidence interval of it (seeded: same data, same interval)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return statistics.median(values), medians[int(resamples * 0.025)], medians[int(resamples * 0.975) - 1]
+
+
+def summarize(added: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    result = {"bare": {"us_per_request": statistics.median(added["bare"])}}
+    for variant, figures in added.items():
         if variant != "bare":
-            result[variant] = {
-                "us_per_request": statistics.median(times),
-                "added_us": statistics.median(t - b for t, b in zip(times, bare, strict=True)),
-            }
+            median, low, high = median_with_interval(figures)
+            result[variant] = {"added_us": median, "low_us": low, "high_us": high}
     return result
 
 
@@ -160,8 +187,8 @@ def child(group: str, rounds: int, requests: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--requests", type=int, default=2000, help="requests per variant per round")
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=500, help="requests per batch")
     parser.add_argument("--group", choices=sorted(GROUPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.group:
@@ -179,8 +206,8 @@ def main() -> None:
             command += ["--requests", str(args.requests)]
             output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
         results[group] = json.loads(output)
-    print(f"in-process overhead, {args.rounds} interleaved rounds x {args.requests} requests, median")
-    print(f"{'variant':48} {'us/request':>11} {'added us':>9} {'x bare':>7}")
+    print(f"in-process overhead, {args.rounds} interleaved rounds, batches of {args.requests} requests")
+    print(f"{'variant':48} {'added us':>9} {'95% interval':>15} {'x bare':>7}")
     for group, summary in results.items():
         bare = summary["bare"]["us_per_request"]
         print(f"-- {group} process (bare FastAPI: {bare:.1f} us/request)")
@@ -188,8 +215,9 @@ def main() -> None:
             if variant == "bare":
                 continue
             label = LABELS[variant] + (" (multiprocess)" if group == "multiprocess" else "")
-            ratio = figures["us_per_request"] / bare
-            print(f"{label:48} {figures['us_per_request']:11.1f} {figures['added_us']:9.2f} {ratio:7.3f}")
+            interval = f"{figures['low_us']:.2f} .. {figures['high_us']:.2f}"
+            ratio = (bare + figures["added_us"]) / bare
+            print(f"{label:48} {figures['added_us']:9.2f} {interval:>15} {ratio:7.3f}")
     if os.environ.get("ASYNCPROOF_BENCH_JSON"):
         with open(os.environ["ASYNCPROOF_BENCH_JSON"], "w") as handle:
             json.dump(results, handle, indent=2)

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from monitoring.exposition import Exposition, MetricsServer
 from monitoring.health import Health, HealthReport
 from monitoring.metrics import Metrics
-from monitoring.middleware import InstrumentationMiddleware
+from monitoring.middleware import InstrumentationMiddleware, RequestIdMiddleware
 from monitoring.multiprocess import multiprocess_dir
 from monitoring.recorder import HttpRecorder
 from monitoring.runtime import ProcessCollector, RuntimeSampler
@@ -199,5 +199,12 @@ def instrument(app: Starlette, **options: Any) -> Instrumentation:
         raise TypeError(f"instrument() takes a FastAPI or Starlette app, got {type(app).__name__}")
     instrumentation = Instrumentation(**options)
     app.add_middleware(InstrumentationMiddleware, instrumentation=instrumentation)
+    if instrumentation.request_id_header is not None or instrumentation.server_timing:
+        # added last, so it runs first: the id is set before the metrics middleware starts
+        app.add_middleware(
+            RequestIdMiddleware,
+            header=instrumentation.request_id_header,
+            server_timing=instrumentation.server_timing,
+        )
     app.state.asyncproof = instrumentation
     return instrumentation

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import random
 import string
 from typing import Any
@@ -223,6 +225,62 @@ async def test_active_requests_count_requests_in_flight() -> None:
         await pending
     instr.recorder.flush()
     assert instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": "GET"}) == 0
+
+
+async def test_a_request_stays_in_flight_while_its_background_tasks_run() -> None:
+    # as OpenTelemetry's ASGI instrumentation counts it: the worker is still busy with it
+    app, instr = make_app()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @app.post("/report")
+    async def report(background: BackgroundTasks) -> dict[str, str]:
+        async def work() -> None:
+            started.set()
+            await release.wait()
+
+        background.add_task(work)
+        return {"status": "accepted"}
+
+    def in_flight() -> float | None:
+        instr.recorder.flush()
+        return instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": "POST"})
+
+    async with client_for(app) as client:
+        pending = asyncio.ensure_future(client.post("/report"))
+        await started.wait()
+        assert in_flight() == 1
+        release.set()
+        assert (await pending).status_code == 200
+    assert in_flight() == 0
+
+
+async def test_access_log_writes_one_json_line_per_request_with_its_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, _ = make_app(access_log=True, request_id_header="X-Request-ID")
+    formatter, request_ids = monitoring.JsonFormatter(), monitoring.RequestIdFilter()
+    logger = logging.getLogger("asyncproof.access")
+    logger.addFilter(request_ids)  # as a logging config would: the id is taken when the line is logged
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            async with client_for(app) as client:
+                ok = await client.get("/items/7", headers={"X-Request-ID": "req-7"})
+                missing = await client.get("/no/such/path")
+    finally:
+        logger.removeFilter(request_ids)
+    lines = [
+        json.loads(formatter.format(record))
+        for record in caplog.records
+        if record.name == "asyncproof.access"
+    ]
+    assert [(line["http_route"], line["http_response_status_code"]) for line in lines] == [
+        ("/items/{item_id}", 200),
+        (UNMATCHED_ROUTE, 404),
+    ]
+    assert lines[0]["request_id"] == "req-7" == ok.headers["x-request-id"]
+    assert lines[1]["request_id"] == missing.headers["x-request-id"]
+    assert lines[1]["url_path"] == "/no/such/path"
+    assert all(line["duration_seconds"] >= 0 and line["http_request_method"] == "GET" for line in lines)
 
 
 @pytest.mark.parametrize(
