@@ -19,6 +19,7 @@ __all__ = [
     "JsonFormatter",
     "Metrics",
     "RequestIdFilter",
+    "RequestIdMiddleware",
     "TaskTracker",
     "get_request_id",
     "instrument",
@@ -36,6 +37,7 @@ _WHERE = {
     "JsonFormatter": "monitoring.request_id",
     "Metrics": "monitoring.metrics",
     "RequestIdFilter": "monitoring.request_id",
+    "RequestIdMiddleware": "monitoring.middleware",
     "TaskTracker": "monitoring.tasks",
     "get_request_id": "monitoring.request_id",
     "instrument_pool": "monitoring.db",
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from monitoring.health import Health, HealthReport
     from monitoring.instrumentation import Instrumentation, instrument
     from monitoring.metrics import Metrics
-    from monitoring.middleware import InstrumentationMiddleware
+    from monitoring.middleware import InstrumentationMiddleware, RequestIdMiddleware
     from monitoring.multiprocess import mark_process_dead, sweep
     from monitoring.request_id import JsonFormatter, RequestIdFilter, get_request_id
     from monitoring.tasks import TaskTracker

@@ -60,6 +60,12 @@ class _Exchange:
 
 
 class InstrumentationMiddleware:
+    """Metrics, the built-in endpoints and the lifespan hooks of one :class:`Instrumentation`.
+
+    :func:`monitoring.instrument` adds it, and :class:`RequestIdMiddleware` outside it when request
+    ids or Server-Timing are enabled; an app composed by hand needs both, in that order.
+    """
+
     def __init__(self, app: ASGIApp, *, instrumentation: Instrumentation) -> None:
         self.app = app
         self.instrumentation = instrumentation
@@ -118,13 +124,12 @@ class InstrumentationMiddleware:
             if app is not self.app:
                 route = scope["path"]
             else:
-                # The matched route's template, never the raw path; under a Mount, prefixed by the
-                # part of root_path the Mount added.
-                matched = scope.get("route")
-                if matched is None:
+                # The matched route's template, never the raw path (getattr: Starlette's Host has
+                # none); under a Mount, prefixed by the part of root_path the Mount added.
+                route = getattr(scope.get("route"), "path", None)
+                if route is None:
                     route = UNMATCHED_ROUTE
                 else:
-                    route = matched.path
                     mounted: str = scope.get("root_path", "")
                     if mounted is not root_path and mounted != root_path and mounted.startswith(root_path):
                         route = mounted[len(root_path) :] + route

@@ -48,6 +48,10 @@ class HttpRecorder:
         # stays in the dict: the middleware appends to it without a lock while a flush (possibly on
         # the metrics port's thread) drains it in place. There are as many as there are series.
         self.pending: dict[Key, list[float]] = {}
+        # The same lists in the order they were made, for the flush: an append-only list can be read
+        # by index while another thread adds to it, where iterating the dict could fail mid-way.
+        self._series: list[tuple[Key, list[float]]] = []
+        self._new_series = threading.Lock()
         # Requests started per method, counted by the middleware: a plain dict with every method it
         # can label, the cheapest thing to update per request. A flush counts the finished ones (the
         # durations it drains), so in flight = started - finished, with no second update per request.
@@ -63,7 +67,11 @@ class HttpRecorder:
         """The list the middleware appends ``key``'s durations to (made on first use)."""
         found = self.pending.get(key)
         if found is None:
-            found = self.pending.setdefault(key, [])  # atomic: a racing caller gets the same list
+            with self._new_series:  # once per label set
+                found = self.pending.get(key)
+                if found is None:
+                    found = self.pending[key] = []
+                    self._series.append((key, found))
         return found
 
     def flush(self) -> int:
@@ -73,8 +81,9 @@ class HttpRecorder:
 
     def _flush(self) -> int:
         applied = 0
-        # list() copies the items in one C call, so a label set added meanwhile cannot upset the loop.
-        for key, durations in list(self.pending.items()):
+        series = self._series
+        for index in range(len(series)):  # label sets added meanwhile wait for the next flush
+            key, durations = series[index]
             count = len(durations)
             if not count:
                 continue

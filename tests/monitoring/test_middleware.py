@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Host, Mount, Route, Router
 
 import monitoring
 from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
@@ -224,6 +224,29 @@ async def test_active_requests_count_requests_in_flight() -> None:
         release.set()
         await pending
     instr.recorder.flush()
+    assert instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": "GET"}) == 0
+
+
+async def test_routes_without_a_template_are_labelled_unmatched_and_leave_nothing_in_flight() -> None:
+    async def ok(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    # Starlette's Host sets scope["route"] to itself, and a Host has no path template
+    app = Starlette(routes=[Host("testserver", app=Router([Route("/ok", ok)]))])
+    instr = monitoring.instrument(app, registry=CollectorRegistry())
+    async with client_for(app) as client:
+        assert (await client.get("/ok")).status_code == 200
+        assert (await client.get("/nope")).status_code == 404
+    assert (
+        requests_seen(instr, http_request_method="GET", http_route="/ok", http_response_status_code="200")
+        == 1
+    )
+    assert (
+        requests_seen(
+            instr, http_request_method="GET", http_route=UNMATCHED_ROUTE, http_response_status_code="404"
+        )
+        == 1
+    )
     assert instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": "GET"}) == 0
 
 

@@ -16,6 +16,7 @@ EXPECTED = [
     "JsonFormatter",
     "Metrics",
     "RequestIdFilter",
+    "RequestIdMiddleware",
     "TaskTracker",
     "get_request_id",
     "instrument",
