@@ -6,8 +6,8 @@ list kept per label set; a flush, run by the worker's sampler every ``flush_inte
 in-app scrape, drains the lists and applies each label set's bucket counts in one go, as statsd
 clients batch their packets. A label set's durations are sorted (in C, with CPython's fast float
 comparison) and each bucket's count is one binary search, so a flush costs a few tens of nanoseconds
-per request. A scrape therefore includes every
-request that completed at least one flush interval before it.
+per request. A scrape therefore includes every request that completed at least one flush interval
+before it.
 """
 
 from __future__ import annotations
