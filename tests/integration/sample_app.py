@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Response
@@ -51,4 +52,11 @@ async def create_item() -> dict[str, str]:
 @app.get("/slow")
 async def slow(seconds: float = 0.2) -> Response:
     await asyncio.sleep(seconds)
+    return Response("done")
+
+
+@app.get("/block")
+async def block(seconds: float = 0.05) -> Response:
+    """Stalls this worker's event loop, so that connections arriving meanwhile go to the other workers."""
+    time.sleep(seconds)
     return Response("done")
