@@ -58,7 +58,14 @@ def submit_and_poll(url: str, count: int = 30) -> list[tuple[int, int, int]]:
         assert all(r.status_code == 202 for r in submissions), [r.text for r in submissions]
         time.sleep(0.5)
         polls = [(s, f"{url}/tasks/{s.json()['task_id']}") for s in submissions for _ in range(3)]
+        # A few requests that stall their worker's loop, so that polls arriving meanwhile are accepted by
+        # the other workers whichever worker the kernel would have woken.
+        stalls = [
+            pool.submit(fresh, "POST", f"{url}/work/async-blocking", json={"kind": "io", "duration_ms": 50})
+            for _ in range(4)
+        ]
         answers = list(pool.map(lambda pair: (pair[0], fresh("GET", pair[1])), polls))
+        assert all(stall.result().status_code == 200 for stall in stalls)
     return [
         (int(s.headers["x-worker-pid"]), int(r.headers["x-worker-pid"]), r.status_code) for s, r in answers
     ]
