@@ -154,6 +154,12 @@ async def breakable(
             shutil.rmtree(directory)
 
         yield f"sqlite+aiosqlite:///{directory / 'pool.db'}", remove_directory
+        # aiosqlite answers a failed connect by queueing its worker thread's stop with a future on
+        # this loop that nobody awaits; should the loop close first, the thread's callback raises
+        # "Event loop is closed" in the next test. Wait for those threads while the loop is open.
+        for thread in threading.enumerate():
+            if thread.name.endswith("(_connection_worker_thread)"):
+                thread.join(timeout=10)
         return
     base = make_url(str(request.getfixturevalue("postgres_url")))
     database = f"asyncproof_{uuid.uuid4().hex[:12]}"
