@@ -103,14 +103,14 @@ class Instrumentation:
 
     def endpoints(self) -> dict[str, ASGIApp]:
         """The built-in endpoints by path; the middleware answers them before the app's router."""
-        endpoints: dict[str, ASGIApp] = {
-            f"{self.health_path}/live": GetEndpoint(self.health.live_endpoint),
-            f"{self.health_path}/ready": GetEndpoint(self.health.ready_endpoint),
-            self.health_path: GetEndpoint(self.health.health_endpoint),
+        functions: dict[str, Callable[[Request], Awaitable[Response]]] = {
+            f"{self.health_path}/live": self.health.live_endpoint,
+            f"{self.health_path}/ready": self.health.ready_endpoint,
+            self.health_path: self.health.health_endpoint,
         }
         if self.metrics_port is None:
-            endpoints[self.metrics_path] = GetEndpoint(self.metrics_endpoint)
-        return endpoints
+            functions[self.metrics_path] = self.metrics_endpoint
+        return {path: GetEndpoint(path, func) for path, func in functions.items()}
 
     async def metrics_endpoint(self, request: Request) -> Response:
         self.sampler.sample_now()
@@ -160,10 +160,12 @@ class Instrumentation:
 class GetEndpoint:
     """A ``Request -> Response`` function as an ASGI app that answers GET and HEAD, 405 otherwise."""
 
-    def __init__(self, func: Callable[[Request], Awaitable[Response]]) -> None:
+    def __init__(self, path: str, func: Callable[[Request], Awaitable[Response]]) -> None:
+        self.path = path  # its route label when the built-in endpoints are not excluded from the metrics
         self.func = func
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self
         if scope["method"] in ("GET", "HEAD"):
             response = await self.func(Request(scope, receive))
         else:

@@ -17,6 +17,8 @@ from collections.abc import Awaitable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from starlette.routing import Mount
+
 from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
 from monitoring.request_id import _current, new_request_id, safe_request_id
 from monitoring.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,25 +32,26 @@ access_logger = logging.getLogger("asyncproof.access")
 class _Exchange:
     """One request in flight. Its bound ``send`` and ``receive`` wrap the server's.
 
-    A slotted object and two bound methods cost fewer allocations per request than closures over
-    the same state (a function object each, plus a cell per captured variable).
+    A small object and two bound methods cost fewer allocations per request than closures over the
+    same state (a function object each, plus a cell per captured variable). The defaults live on
+    the class, so that a new exchange only needs the server's two callables (set by the caller: an
+    ``__init__`` would be one more Python call per request).
     """
 
-    __slots__ = ("disconnected", "finished", "server_receive", "server_send", "status")
-    disconnected: bool
-    finished: float  # perf_counter() when the last body message went to the server; 0.0 until then
-    server_receive: Receive
+    status = 0  # from http.response.start; 0 until then
+    finished = 0.0  # perf_counter() when the last response message went to the server; 0.0 until then
+    disconnected = False  # the client left before the response was complete
+
     server_send: Send
-    status: int
+    server_receive: Receive
 
     def send(self, message: Message) -> Awaitable[None]:
         # A plain function handing back the server's awaitable: no coroutine of ours per message.
-        kind = message["type"]
-        if kind == "http.response.start":
+        if message["type"] == "http.response.start":
             self.status = message["status"]
-        elif kind != "http.response.trailers" and ("more_body" not in message or not message["more_body"]):
-            # The last body message, handed to the server now: the request is over for the client,
-            # whatever the app (BackgroundTasks) does next.
+        elif "more_body" not in message or not message["more_body"]:
+            # The last body message (or trailers, or a pathsend), handed to the server now: the
+            # request is over for the client, whatever the app (BackgroundTasks) does next.
             self.finished = perf_counter()
         return self.server_send(message)
 
@@ -57,6 +60,14 @@ class _Exchange:
         if message["type"] == "http.disconnect" and not self.finished:
             self.disconnected = True
         return message
+
+
+def _mounted_route(scope: Scope, template: str) -> str:
+    """The route label under Mounts: the part of ``root_path`` the Mounts added, nested ones included,
+    then the template of the route matched inside; when the matched route is a Mount itself (a
+    mounted app without routes of its own, such as StaticFiles), the Mounts' path alone."""
+    prefix: str = scope["root_path"][len(scope["app_root_path"]) :]
+    return prefix if isinstance(scope["route"], Mount) else prefix + template
 
 
 class InstrumentationMiddleware:
@@ -71,8 +82,7 @@ class InstrumentationMiddleware:
         self.instrumentation = instrumentation
         recorder = instrumentation.recorder
         self.started = recorder.started
-        self.pending_get = recorder.pending.get
-        self.durations = recorder.durations
+        self.pending = recorder.pending
         self.access_log = instrumentation.access_log
         self.endpoints = instrumentation.endpoints()
         self.excluded = instrumentation.excluded_paths
@@ -87,15 +97,14 @@ class InstrumentationMiddleware:
             return
         app = self.app
         if scope["path"] in self.special:
-            app = self.endpoints.get(scope["path"], app)
+            app = self.endpoints.get(scope["path"], app)  # a built-in endpoint sets scope["route"]
             if scope["path"] in self.excluded:
                 await app(scope, receive, send)
                 return
 
+        # Every line below runs for every request: it is written for the fewest bytecodes, which is
+        # what a request pays for (see benchmarks/overhead.py).
         exchange = _Exchange()
-        exchange.status = 0
-        exchange.finished = 0.0
-        exchange.disconnected = False
         exchange.server_send = send
         exchange.server_receive = receive
         method = scope["method"]
@@ -104,7 +113,6 @@ class InstrumentationMiddleware:
         except KeyError:
             method = OTHER_METHOD
             self.started[method] += 1
-        root_path = scope.get("root_path", "")
         start = perf_counter()
         try:
             await app(scope, exchange.receive, exchange.send)
@@ -121,23 +129,14 @@ class InstrumentationMiddleware:
                     status = 500
             if exchange.disconnected:  # the client left before the response was complete, as nginx's 499
                 status = CLIENT_CLOSED_REQUEST
-            if app is not self.app:
-                route = scope["path"]
+            try:
+                route = scope["route"].path  # the matched route's template, never the raw path
+            except (KeyError, AttributeError):  # no route matched, or one without a template (Host)
+                route = UNMATCHED_ROUTE
             else:
-                # The matched route's template, never the raw path (getattr: Starlette's Host has
-                # none); under a Mount, prefixed by the part of root_path the Mount added.
-                route = getattr(scope.get("route"), "path", None)
-                if route is None:
-                    route = UNMATCHED_ROUTE
-                else:
-                    mounted: str = scope.get("root_path", "")
-                    if mounted is not root_path and mounted != root_path and mounted.startswith(root_path):
-                        route = mounted[len(root_path) :] + route
-            key = (method, route, status)
-            durations = self.pending_get(key)
-            if durations is None:
-                durations = self.durations(key)
-            durations.append(finished - start)
+                if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
+                    route = _mounted_route(scope, route)
+            self.pending[method, route, status].append(finished - start)
             if self.access_log:
                 self._log_access(scope, method, route, status, finished - start)
 

@@ -40,18 +40,36 @@ def bulk_observe(child: Any, durations: list[float]) -> None:
             below = upto
 
 
+class _Pending(dict[Key, list[float]]):
+    """Durations of the requests finished since the last flush, per label set.
+
+    ``pending[key]`` makes the list on first use (``__missing__``), so the middleware appends with
+    one subscript. A list, once made, stays: the middleware appends to it without a lock while a
+    flush (possibly on the metrics port's thread) drains it in place. ``series`` holds the same
+    lists in the order they were made, for the flush: an append-only list can be read by index
+    while another thread adds to it, where iterating the dict could fail mid-way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.series: list[tuple[Key, list[float]]] = []
+        self._lock = threading.Lock()
+
+    def __missing__(self, key: Key) -> list[float]:
+        with self._lock:  # once per label set
+            found = self.get(key)
+            if found is None:
+                found = self[key] = []
+                self.series.append((key, found))
+        return found
+
+
 class HttpRecorder:
     """Buffers finished requests and in-flight counts; ``flush()`` moves them into prometheus_client."""
 
     def __init__(self, duration: Histogram, active: Gauge) -> None:
-        # Durations of the requests finished since the last flush, per label set. A list, once made,
-        # stays in the dict: the middleware appends to it without a lock while a flush (possibly on
-        # the metrics port's thread) drains it in place. There are as many as there are series.
-        self.pending: dict[Key, list[float]] = {}
-        # The same lists in the order they were made, for the flush: an append-only list can be read
-        # by index while another thread adds to it, where iterating the dict could fail mid-way.
-        self._series: list[tuple[Key, list[float]]] = []
-        self._new_series = threading.Lock()
+        # There are as many lists as there are series.
+        self.pending = _Pending()
         # Requests started per method, counted by the middleware: a plain dict with every method it
         # can label, the cheapest thing to update per request. A flush counts the finished ones (the
         # durations it drains), so in flight = started - finished, with no second update per request.
@@ -65,14 +83,7 @@ class HttpRecorder:
 
     def durations(self, key: Key) -> list[float]:
         """The list the middleware appends ``key``'s durations to (made on first use)."""
-        found = self.pending.get(key)
-        if found is None:
-            with self._new_series:  # once per label set
-                found = self.pending.get(key)
-                if found is None:
-                    found = self.pending[key] = []
-                    self._series.append((key, found))
-        return found
+        return self.pending[key]
 
     def flush(self) -> int:
         """Apply buffered observations; returns how many were applied. Safe from any thread."""
@@ -81,7 +92,7 @@ class HttpRecorder:
 
     def _flush(self) -> int:
         applied = 0
-        series = self._series
+        series = self.pending.series
         for index in range(len(series)):  # label sets added meanwhile wait for the next flush
             key, durations = series[index]
             count = len(durations)

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry
@@ -389,21 +390,32 @@ async def test_metrics_and_health_paths_are_excluded_by_default_and_configurably
     )
 
 
-async def test_mounted_sub_app_routes_carry_the_mount_prefix() -> None:
+@pytest.mark.parametrize("server_root_path", ["", "/proxy"])
+async def test_mounted_sub_app_routes_carry_the_mount_prefix(server_root_path: str) -> None:
+    # The prefix is what the Mounts added, nested ones included; a root_path set by the server (as
+    # `uvicorn --root-path` behind a proxy) is not part of the route.
     async def user(request: Any) -> PlainTextResponse:
         return PlainTextResponse(request.path_params["name"])
 
-    inner = Starlette(routes=[Route("/users/{name}", user)])
-    app = Starlette(routes=[Mount("/api", app=inner)])
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("home")
+
+    async def files(scope: Any, receive: Any, send: Any) -> None:  # a mounted app without routes
+        await PlainTextResponse(scope["path"])(scope, receive, send)
+
+    inner = Starlette(routes=[Mount("/v1", routes=[Route("/users/{name}", user)]), Mount("/files", files)])
+    app = Starlette(routes=[Mount("/api", app=inner), Mount("/static", files), Route("/", home)])
     instr = monitoring.instrument(app, registry=CollectorRegistry())
-    async with client_for(app) as client:
-        assert (await client.get("/api/users/ann")).text == "ann"
-    assert (
-        requests_seen(
-            instr, http_request_method="GET", http_route="/api/users/{name}", http_response_status_code="200"
-        )
-        == 1
-    )
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, root_path=server_root_path)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            assert (await client.get(f"{server_root_path}/api/v1/users/ann")).text == "ann"
+            assert (await client.get(f"{server_root_path}/")).text == "home"
+            assert (await client.get(f"{server_root_path}/static/a.css")).status_code == 200
+            assert (await client.get(f"{server_root_path}/api/files/b.css")).status_code == 200
+    for route in ("/api/v1/users/{name}", "/", "/static", "/api/files"):
+        labels = {"http_route": route, "http_response_status_code": "200"}
+        assert requests_seen(instr, http_request_method="GET", **labels) == 1, route
 
 
 async def test_plain_starlette_app_is_instrumented() -> None:
