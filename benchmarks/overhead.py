@@ -6,10 +6,12 @@ interleaved rounds. Each round runs a batch of every variant with a bare batch b
 variant's figure for the round is its time per request minus the mean of the two bare batches around
 it, which cancels noise that drifts during the round. The figure per variant is the median over
 rounds, with a bootstrap 95 % confidence interval of that median. Multiprocess mode needs
-PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported, so each group of variants runs in its
-own child process with its own bare batches.
+PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported, so each group of variants runs in child
+processes with their own bare batches. A process's heap layout moves every figure of that process by a
+few tenths of a microsecond (it differs from start to start), so the rounds are split over
+``--processes`` children per group, run one after the other, and pooled.
 
-    .venv/bin/python benchmarks/overhead.py [--rounds 100] [--requests 500]
+    .venv/bin/python benchmarks/overhead.py [--rounds 120] [--requests 500] [--processes 3]
 """
 
 from __future__ import annotations
@@ -29,16 +31,49 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 GROUPS = {
-    "single": ["bare", "asyncproof", "asyncproof-ids", "instrumentator", "starlette-exporter", "middleware"],
+    "single": [
+        "bare",
+        "minimal",
+        "asyncproof",
+        "asyncproof-ids",
+        "instrumentator",
+        "starlette-exporter",
+        "middleware",
+    ],
     "multiprocess": ["bare", "asyncproof"],
 }
 LABELS = {
+    "minimal": "reference: send wrap, 2 clock reads, append",
     "asyncproof": "asyncproof, defaults",
     "asyncproof-ids": "asyncproof + request id and Server-Timing",
     "instrumentator": "prometheus-fastapi-instrumentator, defaults",
     "starlette-exporter": "starlette-exporter, defaults",
     "middleware": '@app.middleware("http") + prometheus_client',
 }
+
+
+class MinimalMiddleware:
+    """The least a duration histogram needs, for reference: no labels, no in-flight count, no 499,
+    no exclusions, never flushed."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+        self.durations: list[float] = []
+
+    async def __call__(
+        self, scope: dict[str, Any], receive: Any, send: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        finished = 0.0
+
+        def timed_send(message: dict[str, Any]) -> Awaitable[None]:
+            nonlocal finished
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = time.perf_counter()
+            return send(message)
+
+        start = time.perf_counter()
+        await self.app(scope, receive, timed_send)
+        self.durations.append(finished - start)
 
 
 def build(variant: str) -> tuple[Any, Callable[[], object]]:
@@ -62,6 +97,8 @@ def build(variant: str) -> tuple[Any, Callable[[], object]]:
             options = {"request_id_header": "X-Request-ID", "server_timing": True}
         instrumentation = monitoring.instrument(app, registry=CollectorRegistry(), **options)
         after_batch = instrumentation.recorder.flush
+    elif variant == "minimal":
+        app.add_middleware(MinimalMiddleware)
     elif variant == "instrumentator":
         from prometheus_client import CollectorRegistry
         from prometheus_fastapi_instrumentator import Instrumentator
@@ -182,31 +219,47 @@ def summarize(added: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 
 def child(group: str, rounds: int, requests: int) -> None:
-    print(json.dumps(summarize(run_group(GROUPS[group], rounds, requests))))
+    print(json.dumps(run_group(GROUPS[group], rounds, requests)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=100)
-    parser.add_argument("--requests", type=int, default=500, help="requests per batch")
-    parser.add_argument("--group", choices=sorted(GROUPS), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.group:
-        child(args.group, args.rounds, args.requests)
-        return
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for group in GROUPS:
+def run_children(group: str, rounds: int, requests: int, processes: int) -> dict[str, list[float]]:
+    """``rounds`` rounds of ``group`` split over ``processes`` child processes, pooled."""
+    pooled: dict[str, list[float]] = {}
+    for index in range(processes):
+        share = rounds // processes + (index < rounds % processes)
         env = dict(os.environ)
         with tempfile.TemporaryDirectory(prefix="asyncproof-bench-") as directory:
             if group == "multiprocess":
                 env["PROMETHEUS_MULTIPROC_DIR"] = directory
             else:
                 env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-            command = [sys.executable, __file__, "--group", group, "--rounds", str(args.rounds)]
-            command += ["--requests", str(args.requests)]
+            command = [sys.executable, __file__, "--group", group, "--rounds", str(share)]
+            command += ["--requests", str(requests)]
             output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-        results[group] = json.loads(output)
-    print(f"in-process overhead, {args.rounds} interleaved rounds, batches of {args.requests} requests")
+        for variant, figures in json.loads(output).items():
+            pooled.setdefault(variant, []).extend(figures)
+    return pooled
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=120)
+    parser.add_argument("--requests", type=int, default=500, help="requests per batch")
+    parser.add_argument("--processes", type=int, default=3, help="child processes per group")
+    parser.add_argument("--group", choices=sorted(GROUPS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.group:
+        child(args.group, args.rounds, args.requests)
+        return
+    if args.processes < 1 or args.rounds < args.processes:
+        parser.error("--processes must be at least 1 and at most --rounds")
+    results = {
+        group: summarize(run_children(group, args.rounds, args.requests, args.processes)) for group in GROUPS
+    }
+    print(
+        f"in-process overhead, {args.rounds} interleaved rounds in {args.processes} processes per group, "
+        f"batches of {args.requests} requests"
+    )
     print(f"{'variant':48} {'added us':>9} {'95% interval':>15} {'x bare':>7}")
     for group, summary in results.items():
         bare = summary["bare"]["us_per_request"]
