@@ -1,13 +1,15 @@
 """Python bytecodes each instrumentation adds to a request: a count that does not depend on the machine.
 
 On a request as small as one JSON route, time follows the bytecodes the interpreter runs (each one
-dispatched, most touching an object), so this count predicts the in-process overhead of
-``benchmarks/overhead.py`` without its noise: the same code gives the same count on every run and
-every machine. Each variant's app (those of ``benchmarks/overhead.py``) serves a few requests to warm
-up, then ``--requests`` requests under a tracer that counts opcode events (``frame.f_trace_opcodes``),
-grouped by the file that runs them. C code (prometheus_client's own metric updates in its pure-Python
-build are bytecodes; dict and clock calls are not) is not counted, which is why the callgrind
-script reports instructions as well.
+dispatched, most touching an object), so this count tracks the in-process overhead of
+``benchmarks/overhead.py`` without its noise: the same code, on the same CPython and library versions,
+gives the same count on every run and every machine. Each variant's app (those of
+``benchmarks/overhead.py``) serves a few requests to warm up, then ``--requests`` requests under a
+tracer that counts opcode events (``frame.f_trace_opcodes``), grouped by the file that runs them.
+Python-level code, prometheus_client's included, is counted; C-level work such as dict operations and
+clock reads is not, which is why the callgrind script reports instructions as well. asyncproof's flush
+runs outside the traced requests: a few hundred bytecodes per series per flush (one a second), however
+many requests it drains.
 
     .venv/bin/python benchmarks/overhead_bytecodes.py [--requests 20] [--files]
 """

@@ -64,6 +64,8 @@ class Instrumentation:
             )
         self.metrics = Metrics(registry)
         self.registry = self.metrics.registry
+        # The instrumented app, set by instrument(): its routes give Mount prefixes their templates.
+        self.app: Starlette | None = None
         if not self.multiprocess_dir:
             _install_process_collector(self.registry)
         self.metrics_path = metrics_path
@@ -200,6 +202,7 @@ def instrument(app: Starlette, **options: Any) -> Instrumentation:
     if not isinstance(app, Starlette):
         raise TypeError(f"instrument() takes a FastAPI or Starlette app, got {type(app).__name__}")
     instrumentation = Instrumentation(**options)
+    instrumentation.app = app
     app.add_middleware(InstrumentationMiddleware, instrumentation=instrumentation)
     if instrumentation.request_id_header is not None or instrumentation.server_timing:
         # added last, so it runs first: the id is set before the metrics middleware starts

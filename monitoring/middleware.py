@@ -13,11 +13,11 @@ routes at the front of the router, which every other request would have to try f
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 
 from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
 from monitoring.request_id import _current, new_request_id, safe_request_id
@@ -62,12 +62,44 @@ class _Exchange:
         return message
 
 
-def _mounted_route(scope: Scope, template: str) -> str:
-    """The route label under Mounts: the part of ``root_path`` the Mounts added, nested ones included,
-    then the template of the route matched inside; when the matched route is a Mount itself (a
-    mounted app without routes of its own, such as StaticFiles), the Mounts' path alone."""
-    prefix: str = scope["root_path"][len(scope["app_root_path"]) :]
-    return prefix if isinstance(scope["route"], Mount) else prefix + template
+def _route_path(scope: Scope) -> str:
+    """The path below ``root_path``: ASGI servers put root_path at the start of ``path``."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] in ("/", ""):
+        return path[len(root_path) :]
+    return path
+
+
+def _included_route(fastapi_scope: dict[str, Any], route: Any, template: str) -> str:
+    """The template of a route reached through ``include_router(..., prefix=...)``.
+
+    FastAPI (0.116 and later) runs such a route as the router's original APIRoute, whose path lacks
+    the prefixes it was included with; the full one is in FastAPI's effective route context. The
+    prefixes are put before the route's own path, so the label keeps its form (``{id:int}``).
+    """
+    full = getattr(fastapi_scope.get("effective_route_context"), "path_format", None)
+    own = getattr(route, "path_format", None)
+    if isinstance(full, str) and isinstance(own, str) and full.endswith(own):
+        return full[: len(full) - len(own)] + template
+    return template
+
+
+def _mount_prefix(routes: Iterable[BaseRoute], added: str) -> str | None:
+    """The templates of the Mounts that matched ``added`` (the part of ``root_path`` they added),
+    nested ones included: ``/t/{tenant}`` for ``/t/acme``, never the raw values. The first Mount
+    that matches wins, as in Starlette's router."""
+    for route in routes:
+        if isinstance(route, Mount):
+            match = route.path_regex.match(added + "/")
+            if match is not None:
+                rest = match.group("path").rstrip("/")
+                if not rest:
+                    return route.path
+                inner = _mount_prefix(route.routes, "/" + rest)
+                if inner is not None:
+                    return route.path + inner
+    return None
 
 
 class InstrumentationMiddleware:
@@ -87,6 +119,7 @@ class InstrumentationMiddleware:
         self.endpoints = instrumentation.endpoints()
         self.excluded = instrumentation.excluded_paths
         self.special = self.excluded | self.endpoints.keys()
+        self._mount_prefixes: dict[str, str] = {}  # raw part of root_path the Mounts added -> templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,9 +129,11 @@ class InstrumentationMiddleware:
                 await self.app(scope, receive, send)
             return
         app = self.app
-        if scope["path"] in self.special:
-            app = self.endpoints.get(scope["path"], app)  # a built-in endpoint sets scope["route"]
-            if scope["path"] in self.excluded:
+        root_path = scope.get("root_path", "")  # set by the server (behind a proxy) or an outer Mount
+        if scope["path"] in self.special or (root_path and _route_path(scope) in self.special):
+            path = _route_path(scope)
+            app = self.endpoints.get(path, app)  # a built-in endpoint sets scope["route"]
+            if path in self.excluded:
                 await app(scope, receive, send)
                 return
 
@@ -130,15 +165,39 @@ class InstrumentationMiddleware:
             if exchange.disconnected:  # the client left before the response was complete, as nginx's 499
                 status = CLIENT_CLOSED_REQUEST
             try:
-                route = scope["route"].path  # the matched route's template, never the raw path
+                matched = scope["route"]
+                route = matched.path  # the matched route's template, never the raw path
             except (KeyError, AttributeError):  # no route matched, or one without a template (Host)
                 route = UNMATCHED_ROUTE
             else:
+                if scope.get("fastapi"):  # FastAPI's per-request state: set for included routers
+                    route = _included_route(scope["fastapi"], matched, route)
                 if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
-                    route = _mounted_route(scope, route)
+                    route = self._mounted_route(scope, matched, route, root_path)
             self.pending[method, route, status].append(finished - start)
             if self.access_log:
                 self._log_access(scope, method, route, status, finished - start)
+
+    def _mounted_route(self, scope: Scope, matched: Any, template: str, root_path: str) -> str:
+        """The route label under Mounts: their templates, then the template of the route matched
+        inside. A root_path that was there when the request reached this app is not part of it.
+        A Mount matched last is a mounted app without routes of its own (StaticFiles: labelled
+        with the Mounts' templates), or a mounted router that found no route (``unmatched``)."""
+        added = scope.get("root_path", "")[len(root_path) :]
+        if not added or not isinstance(template, str):
+            return template if isinstance(template, str) else UNMATCHED_ROUTE
+        prefix = self._mount_prefixes.get(added)
+        if prefix is None:
+            routes = getattr(self.instrumentation.app, "routes", ())
+            prefix = _mount_prefix(routes, added)
+            if prefix is None:  # Mounts this app's routes do not show (composed by hand): no prefix
+                return template
+            if len(self._mount_prefixes) >= 1024:  # raw prefixes carry path parameters: keep it bounded
+                self._mount_prefixes.clear()
+            self._mount_prefixes[added] = prefix
+        if isinstance(matched, Mount):
+            return UNMATCHED_ROUTE if matched.routes else prefix
+        return prefix + template
 
     def _log_access(self, scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
         client = scope.get("client")

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -416,6 +416,96 @@ async def test_mounted_sub_app_routes_carry_the_mount_prefix(server_root_path: s
     for route in ("/api/v1/users/{name}", "/", "/static", "/api/files"):
         labels = {"http_route": route, "http_response_status_code": "200"}
         assert requests_seen(instr, http_request_method="GET", **labels) == 1, route
+
+
+def route_counts(instr: monitoring.Instrumentation) -> dict[tuple[str, str], float]:
+    """(route, status) -> requests counted, after a flush."""
+    instr.recorder.flush()
+    return {
+        (labels["http_route"], labels["http_response_status_code"]): instr.registry.get_sample_value(
+            "http_server_request_duration_seconds_count", labels
+        )
+        or 0.0
+        for labels in series(instr.registry, "http_server_request_duration_seconds_count")
+    }
+
+
+async def test_mount_path_parameters_become_templates_not_series() -> None:
+    async def user(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(request.path_params["tenant"])
+
+    tenant_app = Starlette(routes=[Route("/users/{name}", user)])
+    app = Starlette(routes=[Mount("/t/{tenant}", app=tenant_app)])
+    instr = monitoring.instrument(app, registry=CollectorRegistry())
+    async with client_for(app) as client:
+        for tenant in ("acme", "globex", "initech", "x" * 40):
+            assert (await client.get(f"/t/{tenant}/users/ann")).text == tenant
+        assert (await client.get("/t/acme/no-such-page")).status_code == 404
+    assert route_counts(instr) == {("/t/{tenant}/users/{name}", "200"): 4, (UNMATCHED_ROUTE, "404"): 1}
+
+
+async def test_routes_of_included_routers_carry_the_include_prefixes() -> None:
+    inner = APIRouter(prefix="/items")
+
+    @inner.get("/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    middle = APIRouter()
+    middle.include_router(inner, prefix="/shop")
+    app = FastAPI()
+    app.include_router(middle, prefix="/v1")
+    app.include_router(middle, prefix="/v2")  # the same routes under a second prefix
+    instr = monitoring.instrument(app, registry=CollectorRegistry())
+    async with client_for(app) as client:
+        for path in ("/v1/shop/items/1", "/v1/shop/items/2", "/v2/shop/items/3"):
+            assert (await client.get(path)).status_code == 200
+    assert route_counts(instr) == {
+        ("/v1/shop/items/{item_id}", "200"): 2,
+        ("/v2/shop/items/{item_id}", "200"): 1,
+    }
+
+
+async def test_an_instrumented_app_mounted_elsewhere_labels_its_own_routes() -> None:
+    async def user(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("user")
+
+    inner = Starlette(routes=[Mount("/api", routes=[Route("/users/{name}", user)])])
+    instr = monitoring.instrument(inner, registry=CollectorRegistry())
+    outer = Starlette(routes=[Mount("/sub", app=inner)])
+    async with client_for(outer) as client:
+        assert (await client.get("/sub/api/users/ann")).text == "user"
+        assert (await client.get("/sub/health/live")).status_code == 200  # its built-in endpoints too
+    assert route_counts(instr) == {("/api/users/{name}", "200"): 1}
+
+
+async def test_built_in_endpoints_answer_below_a_server_root_path() -> None:
+    app, instr = make_app()
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, root_path="/proxy")
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            assert (await client.get("/proxy/health/live")).status_code == 200
+            metrics = await client.get("/proxy/metrics")
+    assert metrics.status_code == 200
+    assert "http_server_request_duration_seconds" in metrics.text
+    assert series(instr.registry, "http_server_request_duration_seconds_count") == []  # excluded
+
+
+async def test_a_mounted_route_without_a_template_is_unmatched_and_leaves_nothing_in_flight() -> None:
+    class Odd(Route):
+        """A route whose path is not a template (a third-party router could do this)."""
+
+    async def ok(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    odd = Odd("/odd", ok)
+    odd.path = None  # type: ignore[assignment]
+    app = Starlette(routes=[Mount("/m", routes=[odd])])
+    instr = monitoring.instrument(app, registry=CollectorRegistry())
+    async with client_for(app) as client:
+        assert (await client.get("/m/odd")).text == "ok"
+    assert route_counts(instr) == {(UNMATCHED_ROUTE, "200"): 1}
+    assert instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": "GET"}) == 0
 
 
 async def test_plain_starlette_app_is_instrumented() -> None:
