@@ -13,11 +13,11 @@ routes at the front of the router, which every other request would have to try f
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Host, Mount
 
 from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
 from monitoring.request_id import _current, new_request_id, safe_request_id
@@ -85,20 +85,36 @@ def _included_route(fastapi_scope: dict[str, Any], route: Any, template: str) ->
     return template
 
 
-def _mount_prefix(routes: Iterable[BaseRoute], added: str) -> str | None:
-    """The templates of the Mounts that matched ``added`` (the part of ``root_path`` they added),
-    nested ones included: ``/t/{tenant}`` for ``/t/acme``, never the raw values. The first Mount
-    that matches wins, as in Starlette's router."""
+def _routes_to_search(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """``routes`` with FastAPI's included routers (0.116 and later) replaced by the routes they carry
+    with their prefixes, and Hosts by their routes."""
     for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            for context in contexts():
+                prefixed = getattr(context, "starlette_route", None)  # set for Mounts, not for routes
+                if prefixed is not None:
+                    yield prefixed
+        elif isinstance(route, Host):
+            yield from _routes_to_search(route.routes)
+        else:
+            yield route
+
+
+def _mount_chain(routes: Iterable[BaseRoute], added: str) -> tuple[str, Mount] | None:
+    """The templates of the Mounts that matched ``added`` (the part of ``root_path`` they added),
+    nested ones included — ``/t/{tenant}`` for ``/t/acme``, never the raw values — and the innermost
+    of them. The first Mount that matches wins, as in Starlette's router."""
+    for route in _routes_to_search(routes):
         if isinstance(route, Mount):
             match = route.path_regex.match(added + "/")
             if match is not None:
                 rest = match.group("path").rstrip("/")
                 if not rest:
-                    return route.path
-                inner = _mount_prefix(route.routes, "/" + rest)
+                    return route.path, route
+                inner = _mount_chain(route.routes, "/" + rest)
                 if inner is not None:
-                    return route.path + inner
+                    return route.path + inner[0], inner[1]
     return None
 
 
@@ -119,7 +135,11 @@ class InstrumentationMiddleware:
         self.endpoints = instrumentation.endpoints()
         self.excluded = instrumentation.excluded_paths
         self.special = self.excluded | self.endpoints.keys()
-        self._mount_prefixes: dict[str, str] = {}  # raw part of root_path the Mounts added -> templates
+        # raw part of root_path the Mounts added -> (their templates, the innermost), or None
+        self._mount_chains: dict[str, tuple[str, Mount] | None] = {}
+        # The app whose routes give Mounts their templates: the one instrument() was given, else the
+        # one this middleware wraps, else the one the lifespan scope names.
+        self._routed_app: Any = instrumentation.app or (app if hasattr(app, "routes") else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -164,39 +184,48 @@ class InstrumentationMiddleware:
                     status = 500
             if exchange.disconnected:  # the client left before the response was complete, as nginx's 499
                 status = CLIENT_CLOSED_REQUEST
+            matched: Any = scope.get("route")
             try:
-                matched = scope["route"]
                 route = matched.path  # the matched route's template, never the raw path
-            except (KeyError, AttributeError):  # no route matched, or one without a template (Host)
+            except AttributeError:  # no route matched, or one without a template (Host)
                 route = UNMATCHED_ROUTE
             else:
                 if scope.get("fastapi"):  # FastAPI's per-request state: set for included routers
                     route = _included_route(scope["fastapi"], matched, route)
-                if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
-                    route = self._mounted_route(scope, matched, route, root_path)
+            if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
+                route = self._mounted_route(scope, matched, route, root_path)
             self.pending[method, route, status].append(finished - start)
             if self.access_log:
                 self._log_access(scope, method, route, status, finished - start)
 
     def _mounted_route(self, scope: Scope, matched: Any, template: str, root_path: str) -> str:
-        """The route label under Mounts: their templates, then the template of the route matched
-        inside. A root_path that was there when the request reached this app is not part of it.
-        A Mount matched last is a mounted app without routes of its own (StaticFiles: labelled
-        with the Mounts' templates), or a mounted router that found no route (``unmatched``)."""
+        """The route label when a Mount matched: the Mounts' templates, then the template of the route
+        matched inside. A root_path that was there when the request reached this app is not part of
+        it. A mounted app without routes of its own (StaticFiles) is labelled with its Mount's
+        template; a mounted router that found no route, ours or the one this app is mounted in,
+        gives ``unmatched``. (FastAPI's router leaves no ``scope["route"]`` for a Mount.)"""
+        if isinstance(matched, Mount) and matched.routes:
+            return UNMATCHED_ROUTE
         added = scope.get("root_path", "")[len(root_path) :]
-        if not added or not isinstance(template, str):
+        if added in self._mount_chains:
+            found = self._mount_chains[added]
+        elif self._routed_app is None:  # composed by hand, no lifespan run yet: the raw prefix
+            if isinstance(matched, Mount):
+                return added or "/"
+            bad = template is UNMATCHED_ROUTE or not isinstance(template, str)
+            return UNMATCHED_ROUTE if bad else added + template
+        else:
+            found = _mount_chain(getattr(self._routed_app, "routes", ()), added) if added else None
+            if len(self._mount_chains) >= 1024:  # raw prefixes carry path parameters: keep it bounded
+                self._mount_chains.clear()
+            self._mount_chains[added] = found
+        if found is None:  # no Mount of this app: the root_path came from outside
             return template if isinstance(template, str) else UNMATCHED_ROUTE
-        prefix = self._mount_prefixes.get(added)
-        if prefix is None:
-            routes = getattr(self.instrumentation.app, "routes", ())
-            prefix = _mount_prefix(routes, added)
-            if prefix is None:  # Mounts this app's routes do not show (composed by hand): no prefix
-                return template
-            if len(self._mount_prefixes) >= 1024:  # raw prefixes carry path parameters: keep it bounded
-                self._mount_prefixes.clear()
-            self._mount_prefixes[added] = prefix
-        if isinstance(matched, Mount):
-            return UNMATCHED_ROUTE if matched.routes else prefix
+        prefix, mount = found
+        if matched is None or isinstance(matched, Mount):  # the mounted app answered by itself
+            return UNMATCHED_ROUTE if mount.routes else prefix or "/"
+        if template is UNMATCHED_ROUTE or not isinstance(template, str):
+            return UNMATCHED_ROUTE
         return prefix + template
 
     def _log_access(self, scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
@@ -218,6 +247,8 @@ class InstrumentationMiddleware:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         instrumentation = self.instrumentation
+        if self._routed_app is None:
+            self._routed_app = scope.get("app")
 
         async def receive_wrapper() -> Message:
             message = await receive()

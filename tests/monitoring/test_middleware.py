@@ -5,6 +5,7 @@ import json
 import logging
 import random
 import string
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route, Router
+from starlette.staticfiles import StaticFiles
 
 import monitoring
 from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
@@ -418,6 +420,12 @@ async def test_mounted_sub_app_routes_carry_the_mount_prefix(server_root_path: s
         assert requests_seen(instr, http_request_method="GET", **labels) == 1, route
 
 
+async def statuses(app: Any, *paths: str) -> list[int]:
+    """The status codes of GET requests to ``paths``, in order, with the app's lifespan run."""
+    async with client_for(app) as client:
+        return [(await client.get(path)).status_code for path in paths]
+
+
 def route_counts(instr: monitoring.Instrumentation) -> dict[tuple[str, str], float]:
     """(route, status) -> requests counted, after a flush."""
     instr.recorder.flush()
@@ -457,12 +465,62 @@ async def test_routes_of_included_routers_carry_the_include_prefixes() -> None:
     app.include_router(middle, prefix="/v1")
     app.include_router(middle, prefix="/v2")  # the same routes under a second prefix
     instr = monitoring.instrument(app, registry=CollectorRegistry())
-    async with client_for(app) as client:
-        for path in ("/v1/shop/items/1", "/v1/shop/items/2", "/v2/shop/items/3"):
-            assert (await client.get(path)).status_code == 200
+    assert await statuses(app, "/v1/shop/items/1", "/v1/shop/items/2", "/v2/shop/items/3") == [200] * 3
     assert route_counts(instr) == {
         ("/v1/shop/items/{item_id}", "200"): 2,
         ("/v2/shop/items/{item_id}", "200"): 1,
+    }
+
+
+async def test_mounts_inside_included_routers_and_hosts_carry_their_templates(tmp_path: Path) -> None:
+    async def user(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("user")
+
+    (tmp_path / "app.css").write_text("body {}")
+    router = APIRouter()
+    router.mount("/sub", Starlette(routes=[Route("/u/{name}", user)]))
+    router.mount("/static", StaticFiles(directory=tmp_path))
+    app = FastAPI()
+    app.include_router(router, prefix="/v1")
+    app.include_router(router, prefix="/v2")
+    app.mount("/assets", StaticFiles(directory=tmp_path))
+    tenants = Router([Mount("/t/{tenant}", routes=[Route("/u/{name}", user)])])
+    app.router.routes.append(Host("api.example.com", app=tenants))
+    instr = monitoring.instrument(app, registry=CollectorRegistry())
+    async with client_for(app) as client:
+        for path, status in [
+            ("/v1/sub/u/ann", 200),
+            ("/v2/sub/u/bob", 200),
+            ("/v1/static/app.css", 200),
+            ("/assets/app.css", 200),
+            ("/assets/missing.css", 404),
+        ]:
+            assert (await client.get(path)).status_code == status, path
+        for tenant in ("acme", "globex"):
+            answer = await client.get(f"/t/{tenant}/u/ann", headers={"host": "api.example.com"})
+            assert answer.status_code == 200
+    assert route_counts(instr) == {
+        ("/v1/sub/u/{name}", "200"): 1,
+        ("/v2/sub/u/{name}", "200"): 1,
+        ("/v1/static", "200"): 1,
+        ("/assets", "200"): 1,
+        ("/assets", "404"): 1,
+        ("/t/{tenant}/u/{name}", "200"): 2,
+    }
+
+
+async def test_a_middleware_added_by_hand_finds_the_mounts_through_the_lifespan() -> None:
+    async def user(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("user")
+
+    sub = Starlette(routes=[Route("/users/{name}", user)])
+    app = Starlette(routes=[Mount("/api/{version}", app=sub), Mount("/admin", app=sub)])
+    instr = monitoring.Instrumentation(registry=CollectorRegistry())
+    app.add_middleware(monitoring.InstrumentationMiddleware, instrumentation=instr)
+    assert await statuses(app, "/api/1/users/ann", "/api/2/users/ann", "/admin/users/bob") == [200] * 3
+    assert route_counts(instr) == {
+        ("/api/{version}/users/{name}", "200"): 2,
+        ("/admin/users/{name}", "200"): 1,
     }
 
 
@@ -472,11 +530,17 @@ async def test_an_instrumented_app_mounted_elsewhere_labels_its_own_routes() -> 
 
     inner = Starlette(routes=[Mount("/api", routes=[Route("/users/{name}", user)])])
     instr = monitoring.instrument(inner, registry=CollectorRegistry())
-    outer = Starlette(routes=[Mount("/sub", app=inner)])
+    outer = Starlette(routes=[Mount("/{site}", app=inner)])
     async with client_for(outer) as client:
         assert (await client.get("/sub/api/users/ann")).text == "user"
         assert (await client.get("/sub/health/live")).status_code == 200  # its built-in endpoints too
-    assert route_counts(instr) == {("/api/users/{name}", "200"): 1}
+        assert (await client.get("/sub/no-such-page")).status_code == 404
+        assert (await client.get("/sub/api/users/ann/")).status_code == 307  # redirect_slashes
+    assert route_counts(instr) == {
+        ("/api/users/{name}", "200"): 1,
+        (UNMATCHED_ROUTE, "404"): 1,
+        (UNMATCHED_ROUTE, "307"): 1,
+    }
 
 
 async def test_built_in_endpoints_answer_below_a_server_root_path() -> None:
