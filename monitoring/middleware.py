@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from monitoring.instrumentation import Instrumentation
 
 access_logger = logging.getLogger("asyncproof.access")
+log = logging.getLogger(__name__)
 
 
 class _Exchange:
@@ -215,7 +216,11 @@ class InstrumentationMiddleware:
             bad = template is UNMATCHED_ROUTE or not isinstance(template, str)
             return UNMATCHED_ROUTE if bad else added + template
         else:
-            found = _mount_chain(getattr(self._routed_app, "routes", ()), added) if added else None
+            try:
+                found = _mount_chain(getattr(self._routed_app, "routes", ()), added) if added else None
+            except Exception:  # a router of another make: its request must still be counted
+                log.exception("cannot find the Mounts of %r among the app's routes", added)
+                found = None
             if len(self._mount_chains) >= 1024:  # raw prefixes carry path parameters: keep it bounded
                 self._mount_chains.clear()
             self._mount_chains[added] = found

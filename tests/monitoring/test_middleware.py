@@ -509,6 +509,24 @@ async def test_mounts_inside_included_routers_and_hosts_carry_their_templates(tm
     }
 
 
+async def test_a_router_that_fails_to_list_its_routes_does_not_lose_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(Route):
+        def effective_route_contexts(self) -> list[Any]:
+            raise RuntimeError("no contexts today")
+
+    async def user(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("user")
+
+    app = Starlette(routes=[Broken("/broken", user), Mount("/t/{tenant}", routes=[Route("/u", user)])])
+    instr = monitoring.instrument(app, registry=CollectorRegistry())
+    assert await statuses(app, "/t/acme/u") == [200]
+    assert route_counts(instr) == {("/u", "200"): 1}
+    assert instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": "GET"}) == 0
+    assert "cannot find the Mounts" in caplog.text
+
+
 async def test_a_middleware_added_by_hand_finds_the_mounts_through_the_lifespan() -> None:
     async def user(request: Any) -> PlainTextResponse:
         return PlainTextResponse("user")
