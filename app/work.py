@@ -103,19 +103,29 @@ def _result(request: WorkRequest, started: float, **extra: Any) -> dict[str, Any
     }
 
 
-def run_blocking(request: WorkRequest, attempt: int = 1) -> dict[str, Any]:
-    """Do the work on the calling thread, blocking it for ``duration_ms``."""
+def run_blocking(request: WorkRequest, attempt: int = 1, stop_at: float | None = None) -> dict[str, Any]:
+    """Do the work on the calling thread, blocking it for ``duration_ms``.
+
+    ``stop_at`` (a ``time.monotonic()`` value, comparable across processes) is the task's deadline:
+    a thread or a process-pool child cannot be interrupted from outside, so the work itself stops
+    there and raises ``TimeoutError``, rather than holding its thread or child after the task has
+    been given up on.
+    """
     started = time.perf_counter()
+    seconds = request.duration_ms / 1000
+    left = seconds if stop_at is None else min(seconds, max(0.0, stop_at - time.monotonic()))
     if request.kind == "io":
-        time.sleep(request.duration_ms / 1000)
+        time.sleep(left)
         extra: dict[str, Any] = {}
     else:
-        deadline = started + request.duration_ms / 1000
+        deadline = started + left
         iterations = 0
         while time.perf_counter() < deadline:
             for _ in range(1000):
                 iterations += 1
         extra = {"iterations": iterations}
+    if left < seconds:
+        raise TimeoutError(f"stopped after {left:.3f} s of {seconds:g} s: the task's deadline passed")
     _check_failure(request, attempt)
     return _result(request, started, **extra)
 

@@ -73,9 +73,10 @@ class TaskRunner:
         current = asyncio.current_task()
         if current is not None:
             self.active.setdefault(task_id, current)
+        stop_at = time.monotonic() + self.settings.task_timeout_seconds  # for the work itself
         try:
             async with asyncio.timeout(self.settings.task_timeout_seconds) as deadline:
-                result, attempt = await self._with_retries(task_id, style, request, deadline)
+                result, attempt = await self._with_retries(task_id, style, request, deadline, stop_at)
         except TimeoutError:
             await self._finish(
                 task_id,
@@ -100,12 +101,12 @@ class TaskRunner:
             self.active.pop(task_id, None)
 
     async def _with_retries(
-        self, task_id: str, style: str, request: WorkRequest, deadline: asyncio.Timeout
+        self, task_id: str, style: str, request: WorkRequest, deadline: asyncio.Timeout, stop_at: float
     ) -> tuple[dict[str, Any], int]:
         attempt = 1
         while True:
             try:
-                return await self._attempt(task_id, style, request, attempt, deadline), attempt
+                return await self._attempt(task_id, style, request, attempt, deadline, stop_at), attempt
             except WorkFailed as error:
                 if not error.retryable or attempt > self.settings.task_max_retries:
                     await self.store.update(task_id, attempts=attempt)
@@ -115,7 +116,13 @@ class TaskRunner:
                 attempt += 1
 
     async def _attempt(
-        self, task_id: str, style: str, request: WorkRequest, attempt: int, deadline: asyncio.Timeout
+        self,
+        task_id: str,
+        style: str,
+        request: WorkRequest,
+        attempt: int,
+        deadline: asyncio.Timeout,
+        stop_at: float,
     ) -> dict[str, Any]:
         tracker = self.trackers[style]
         submitted_at = tracker.submitted(TASK_NAME)
@@ -125,7 +132,7 @@ class TaskRunner:
             async with tracker.track(TASK_NAME, submitted_at=submitted_at) as run:
                 try:
                     result: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(
-                        self.processes, run_blocking, request, attempt
+                        self.processes, run_blocking, request, attempt, stop_at
                     )
                 except asyncio.CancelledError:
                     if deadline.expired():  # the task timeout, not a shutdown
@@ -141,7 +148,7 @@ class TaskRunner:
         def work() -> dict[str, Any]:
             loop.call_soon_threadsafe(_set_started, started, (time.time(), os.getpid()))
             with tracker.track(TASK_NAME, submitted_at=submitted_at, timeout=timeout):
-                return run_blocking(request, attempt)
+                return run_blocking(request, attempt, stop_at)
 
         if style == "executor":
             future: asyncio.Future[dict[str, Any]] = loop.run_in_executor(self.threads, work)

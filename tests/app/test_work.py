@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,22 @@ async def test_task_timeout(tmp_path: Path, path: str) -> None:
         assert (
             sample(app, "tasks_completed_total", task="work", backend=task["style"], outcome="timeout") == 1
         )
+
+
+@pytest.mark.parametrize("path", ["/work/executor", "/work/process"])
+async def test_timed_out_work_frees_its_thread_or_child(tmp_path: Path, path: str) -> None:
+    # One thread, one child: were the timed-out work to run on (3 s), the next task would wait for it.
+    settings = settings_for(tmp_path, task_timeout_seconds=1.0, executor_threads=1, process_pool_workers=1)
+    async with app_client(settings) as (client, _):
+        slow = (await client.post(path, json={"kind": "cpu", "duration_ms": 3000})).json()["task_id"]
+        assert (await wait_terminal(client, slow, timeout=5))["reason"] == "timeout"
+        quick = (await client.post(path, json=IO)).json()["task_id"]
+        task = await wait_terminal(client, quick, timeout=5)
+        assert task["status"] == "success"
+        first = (await client.get(f"/tasks/{slow}")).json()
+        # started well before the slow work would have ended (its submission + 3 s)
+        waited = datetime.fromisoformat(task["started_at"]) - datetime.fromisoformat(first["created_at"])
+        assert waited.total_seconds() < 2.5
 
 
 async def test_unknown_task_is_404_json(tmp_path: Path) -> None:
