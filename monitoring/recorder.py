@@ -81,10 +81,6 @@ class HttpRecorder:
         self._active_children: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def durations(self, key: Key) -> list[float]:
-        """The list the middleware appends ``key``'s durations to (made on first use)."""
-        return self.pending[key]
-
     def flush(self) -> int:
         """Apply buffered observations; returns how many were applied. Safe from any thread."""
         with self._lock:

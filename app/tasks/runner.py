@@ -73,10 +73,11 @@ class TaskRunner:
         current = asyncio.current_task()
         if current is not None:
             self.active.setdefault(task_id, current)
-        stop_at = time.monotonic() + self.settings.task_timeout_seconds  # for the work itself
+        # The task's deadline, for the awaiting side (asyncio.timeout) and for the work itself
+        stop_at = time.monotonic() + self.settings.task_timeout_seconds
         try:
-            async with asyncio.timeout(self.settings.task_timeout_seconds) as deadline:
-                result, attempt = await self._with_retries(task_id, style, request, deadline, stop_at)
+            async with asyncio.timeout(self.settings.task_timeout_seconds):
+                result, attempt = await self._with_retries(task_id, style, request, stop_at)
         except TimeoutError:
             await self._finish(
                 task_id,
@@ -101,12 +102,12 @@ class TaskRunner:
             self.active.pop(task_id, None)
 
     async def _with_retries(
-        self, task_id: str, style: str, request: WorkRequest, deadline: asyncio.Timeout, stop_at: float
+        self, task_id: str, style: str, request: WorkRequest, stop_at: float
     ) -> tuple[dict[str, Any], int]:
         attempt = 1
         while True:
             try:
-                return await self._attempt(task_id, style, request, attempt, deadline, stop_at), attempt
+                return await self._attempt(task_id, style, request, attempt, stop_at), attempt
             except WorkFailed as error:
                 if not error.retryable or attempt > self.settings.task_max_retries:
                     await self.store.update(task_id, attempts=attempt)
@@ -116,13 +117,7 @@ class TaskRunner:
                 attempt += 1
 
     async def _attempt(
-        self,
-        task_id: str,
-        style: str,
-        request: WorkRequest,
-        attempt: int,
-        deadline: asyncio.Timeout,
-        stop_at: float,
+        self, task_id: str, style: str, request: WorkRequest, attempt: int, stop_at: float
     ) -> dict[str, Any]:
         tracker = self.trackers[style]
         submitted_at = tracker.submitted(TASK_NAME)
@@ -135,7 +130,7 @@ class TaskRunner:
                         self.processes, run_blocking, request, attempt, stop_at
                     )
                 except asyncio.CancelledError:
-                    if deadline.expired():  # the task timeout, not a shutdown
+                    if time.monotonic() >= stop_at:  # the task timeout, not a shutdown
                         run.outcome = "timeout"
                     raise
             await self.store.update(task_id, pid=result["pid"])

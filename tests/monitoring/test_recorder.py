@@ -33,7 +33,7 @@ def test_batched_durations_give_the_samples_observe_would() -> None:
     recorder = HttpRecorder(batched.http_duration, batched.http_active)
     for position, key in enumerate(keys):
         for seconds in durations[position:]:
-            recorder.durations(key).append(seconds)
+            recorder.pending[key].append(seconds)
             direct.http_duration.labels(key[0], key[1], str(key[2])).observe(seconds)
 
     assert recorder.flush() == sum(len(durations) - position for position in range(len(keys)))
@@ -60,7 +60,7 @@ def test_appends_racing_flushes_on_another_thread_are_all_counted() -> None:
     try:
         for number in range(per_route):
             for route in routes:  # label sets appear while the other thread flushes
-                recorder.durations(("GET", route, 200)).append(number * 1e-6)
+                recorder.pending["GET", route, 200].append(number * 1e-6)
     finally:
         done.set()
         flusher.join()
