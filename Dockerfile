@@ -8,10 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md CHANGELOG.md ./
+# asyncproof/ is the import root: links to the three folders below, which the build follows.
+COPY asyncproof asyncproof
 COPY monitoring monitoring
 COPY app app
 COPY loadtests loadtests
+# The `[app,load]` install that tests/install/ checks from a built wheel: serve, worker and prove.
 RUN pip install ".[app,load]"
 
 # Not root: a compromised worker cannot touch the image's files.

@@ -16,9 +16,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.settings import Settings
-from app.sqlite import use_wal
-from monitoring import InstrumentedTTLCache, Metrics
+from asyncproof.app.settings import Settings
+from asyncproof.app.sqlite import use_wal
+from asyncproof.monitoring import InstrumentedTTLCache, Metrics
 
 
 class Base(DeclarativeBase):

@@ -1,11 +1,11 @@
-"""Gunicorn config for the reference app: ``gunicorn -c app/gunicorn_conf.py app.main:app``.
+"""Gunicorn config for the reference app: ``gunicorn -c app/gunicorn_conf.py asyncproof.app.main:app``.
 
 Every value comes from the app's settings (``ASYNCPROOF_*``), so ``asyncproof serve``, the proof and
 a deployment all start the same server.
 """
 
-from app.settings import Settings
-from monitoring.gunicorn import *  # noqa: F403  (metrics folder wiped at start, dead workers retired)
+from asyncproof.app.settings import Settings
+from asyncproof.monitoring.gunicorn import *  # noqa: F403  (metrics folder wiped at start, dead workers retired)
 
 _settings = Settings()
 

@@ -10,12 +10,12 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-import monitoring
-from app.routes import items, tasks, work
-from app.services import Services
-from app.settings import Settings
-from app.warm import WarmData
-from monitoring.types import Message, Receive, Scope, Send
+from asyncproof import monitoring
+from asyncproof.app.routes import items, tasks, work
+from asyncproof.app.services import Services
+from asyncproof.app.settings import Settings
+from asyncproof.app.warm import WarmData
+from asyncproof.monitoring.types import Message, Receive, Scope, Send
 
 
 class WorkerPidHeader:

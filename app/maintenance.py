@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from app.sqlite import use_wal
+from asyncproof.app.sqlite import use_wal
 
 log = logging.getLogger("asyncproof.maintenance")
 

@@ -23,10 +23,10 @@ from celery import Celery, Task, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from prometheus_client import CollectorRegistry
 
-from app.settings import Settings
-from app.tasks.store import TaskStore, open_store_for
-from app.work import TASK_NAME, QueueUnavailable, WorkFailed, WorkRequest, run_blocking
-from monitoring import Metrics, TaskTracker
+from asyncproof.app.settings import Settings
+from asyncproof.app.tasks.store import TaskStore, open_store_for
+from asyncproof.app.work import TASK_NAME, QueueUnavailable, WorkFailed, WorkRequest, run_blocking
+from asyncproof.monitoring import Metrics, TaskTracker
 
 TASK = "asyncproof.work"
 QUEUE = "asyncproof"
@@ -163,8 +163,8 @@ def work_task(self: Task, task_id: str, request: dict[str, Any], submitted_at: f
 def _serve_worker_metrics(**_: Any) -> None:
     # Pool processes write their metrics to PROMETHEUS_MULTIPROC_DIR (set by `asyncproof worker`);
     # the main process serves their sum, retiring the files of pool processes that died first.
-    from monitoring.exposition import Exposition, MetricsServer
-    from monitoring.multiprocess import multiprocess_dir, sweep
+    from asyncproof.monitoring.exposition import Exposition, MetricsServer
+    from asyncproof.monitoring.multiprocess import multiprocess_dir, sweep
 
     path = multiprocess_dir()
     if settings.worker_metrics_port and path:

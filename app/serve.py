@@ -1,4 +1,7 @@
-"""``asyncproof serve`` and ``asyncproof worker``: the reference app's server and Celery worker."""
+"""``asyncproof serve`` and ``asyncproof worker``: the reference app's server and Celery worker.
+
+The command line (:mod:`asyncproof.cli`) declares their options.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +10,21 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from app.settings import Settings
+if TYPE_CHECKING:
+    from asyncproof.app.settings import Settings
 
 CONFIG = Path(__file__).with_name("gunicorn_conf.py")
 BIN = Path(sys.executable).parent
 
 
-def add_parsers(commands: Any) -> None:
-    parser = commands.add_parser(
-        "serve",
-        help="run the reference app (Gunicorn + Uvicorn workers) on embedded defaults",
-        description="Run the reference app. Every ASYNCPROOF_* setting applies; the options override them.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, help="worker processes (default: 2 x cores + 1, at most 8)")
-    parser.add_argument("--server", choices=("gunicorn", "uvicorn"), default="gunicorn")
-    parser.add_argument("--task-store", choices=("memory", "sqlite", "redis"), help="where task status lives")
-    parser.add_argument(
-        "--preload", action="store_true", help="Gunicorn preload_app (copy-on-write warm data)"
-    )
-    parser.set_defaults(func=serve)
-
-    worker = commands.add_parser(
-        "worker",
-        help="run a Celery worker for the queue style (needs ASYNCPROOF_BROKER_URL)",
-        description="Run the Celery worker of the queue style. ASYNCPROOF_BROKER_URL names the broker; "
-        "ASYNCPROOF_WORKER_METRICS_PORT, if set, serves its task metrics.",
-    )
-    worker.add_argument(
-        "--concurrency", type=int, help="pool processes (default: ASYNCPROOF_WORKER_CONCURRENCY)"
-    )
-    worker.set_defaults(func=run_worker)
-
-
 def load_settings(**overrides: Any) -> Settings | str:
     """The settings from the environment plus ``overrides``, or a message naming what is wrong."""
+    from pydantic import ValidationError
+
+    from asyncproof.app.settings import Settings
+
     try:
         return Settings(**overrides)
     except ValidationError as error:
@@ -68,13 +46,13 @@ def server_command(args: argparse.Namespace, settings: Settings) -> tuple[list[s
         ASYNCPROOF_PRELOAD="1" if settings.preload else "0",
     )
     if args.server == "gunicorn":
-        return [str(BIN / "gunicorn"), "-c", str(CONFIG), "app.main:app"], env
+        return [str(BIN / "gunicorn"), "-c", str(CONFIG), "asyncproof.app.main:app"], env
     # uvicorn --workers has no hook that sets this up: a fresh folder per run.
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="asyncproof-metrics-")
     host, port = settings.bind.rsplit(":", 1)
     return [
         str(BIN / "uvicorn"),
-        "app.main:app",
+        "asyncproof.app.main:app",
         *("--host", host, "--port", port, "--workers", str(settings.workers)),
         *("--timeout-graceful-shutdown", str(settings.graceful_timeout)),
         *("--timeout-keep-alive", str(settings.keepalive)),
@@ -113,7 +91,7 @@ def run_worker(args: argparse.Namespace) -> int:
     argv = [
         str(BIN / "celery"),
         "-A",
-        "app.queue",
+        "asyncproof.app.queue",
         "worker",
         "--loglevel",
         "INFO",

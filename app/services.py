@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
-from app.data import Items, LocalCache, ReadThrough, RedisCache, create_schema, make_engine
-from app.maintenance import Lease, PeriodicJob, RedisLease, SqliteLease
-from app.settings import Settings
-from app.tasks.runner import TaskRunner
-from app.tasks.store import TaskStore, open_store_for
-from monitoring import Instrumentation, TaskTracker, instrument_pool
+from asyncproof.app.data import Items, LocalCache, ReadThrough, RedisCache, create_schema, make_engine
+from asyncproof.app.maintenance import Lease, PeriodicJob, RedisLease, SqliteLease
+from asyncproof.app.settings import Settings
+from asyncproof.app.tasks.runner import TaskRunner
+from asyncproof.app.tasks.store import TaskStore, open_store_for
+from asyncproof.monitoring import Instrumentation, TaskTracker, instrument_pool
 
 if TYPE_CHECKING:
-    from app.queue import Publisher
+    from asyncproof.app.queue import Publisher
 
 log = logging.getLogger("asyncproof.app")
 
@@ -75,7 +75,7 @@ class Services:
         self.queue_tracker = TaskTracker(metrics, "celery")
         self.publisher = None
         if settings.broker_url:
-            from app.queue import Publisher, make_celery
+            from asyncproof.app.queue import Publisher, make_celery
 
             self.publisher = Publisher(make_celery(settings), settings.broker_timeout_seconds)
         self._spawn(self.maintenance.run_forever())

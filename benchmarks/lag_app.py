@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-import monitoring
+from asyncproof import monitoring
 
 ROUTES = 50
 

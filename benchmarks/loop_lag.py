@@ -65,7 +65,7 @@ def main() -> None:
     port = free_port()
     config = Path(folder) / "gunicorn.conf.py"
     config.write_text(
-        "from monitoring.gunicorn import *\n"
+        "from asyncproof.monitoring.gunicorn import *\n"
         f'bind = "127.0.0.1:{port}"\nworkers = {WORKERS}\nworker_class = "uvicorn_worker.UvicornWorker"\n'
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(Path(folder) / "metrics")}

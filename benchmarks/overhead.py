@@ -90,7 +90,7 @@ def build(variant: str) -> tuple[Any, Callable[[], object]]:
     if variant in ("asyncproof", "asyncproof-ids"):
         from prometheus_client import CollectorRegistry
 
-        import monitoring
+        from asyncproof import monitoring
 
         options: dict[str, Any] = {}
         if variant == "asyncproof-ids":
@@ -181,7 +181,7 @@ def run_group(variants: list[str], rounds: int, requests: int) -> dict[str, list
     for variant in variants:  # warm up: imports, caches, first-time label children
         timed(variant, 200)
     # The apps and everything imported move to the collector's permanent generation, as in a
-    # Gunicorn worker forked after gc.freeze() (monitoring.gunicorn does that): the collection
+    # Gunicorn worker forked after gc.freeze() (asyncproof.monitoring.gunicorn does that): the collection
     # before each batch then walks only what the batches left, instead of flushing the CPU caches
     # with the whole heap.
     gc.collect()

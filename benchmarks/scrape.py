@@ -28,8 +28,8 @@ from prometheus_client import CollectorRegistry, generate_latest, values  # noqa
 from prometheus_client import multiprocess as prom_multiprocess  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from monitoring.metrics import Metrics  # noqa: E402
-from monitoring.multiprocess import MultiprocessCollector, mark_process_dead  # noqa: E402
+from asyncproof.monitoring.metrics import Metrics  # noqa: E402
+from asyncproof.monitoring.multiprocess import MultiprocessCollector, mark_process_dead  # noqa: E402
 
 OURS = os.path.join(ROOT, "asyncproof")
 THEIRS = os.path.join(ROOT, "prometheus_client")

@@ -16,7 +16,7 @@ async def read_item(item_id: int) -> dict[str, object]:
 
 
 if os.environ.get("ASYNCPROOF_BENCH_VARIANT", "bare") == "asyncproof":
-    import monitoring
+    from asyncproof import monitoring
 
     # Extra keyword arguments for instrument(), as JSON, to measure what each option costs.
     monitoring.instrument(app, **json.loads(os.environ.get("ASYNCPROOF_BENCH_OPTIONS", "{}")))

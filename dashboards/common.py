@@ -1,14 +1,14 @@
 """What every dashboard shares: the datasource, template variables, panel and query helpers.
 
-Metric names come from ``monitoring.contract``; nothing here spells one out.
+Metric names come from ``asyncproof.monitoring.contract``; nothing here spells one out.
 """
 
 from __future__ import annotations
 
 from grafanalib.core import Dashboard, GridPos, Target, Template, Templating, TimeSeries
 
-from monitoring import contract
-from monitoring.contract import MetricSpec
+from asyncproof.monitoring import contract
+from asyncproof.monitoring.contract import MetricSpec
 
 # The provisioned datasource (dashboards/provisioning/datasources/prometheus.yml).
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}

@@ -1,7 +1,6 @@
 """Data: cache hit ratio, evictions and size; database pool use, waits and timeouts."""
 
-from dashboards.common import INSTANCE, RATE, make_dashboard, name, panel, quantile
-from monitoring.contract import (
+from asyncproof.monitoring.contract import (
     CACHE_EVICTIONS,
     CACHE_HITS,
     CACHE_MISSES,
@@ -11,6 +10,7 @@ from monitoring.contract import (
     DB_CLIENT_CONNECTIONS,
     DB_CLIENT_CONNECTIONS_MAX,
 )
+from dashboards.common import INSTANCE, RATE, make_dashboard, name, panel, quantile
 
 selected = 'instance=~"$instance"'
 hits = f"sum by (cache) (rate({name(CACHE_HITS)}{{{selected}}}[{RATE}]))"

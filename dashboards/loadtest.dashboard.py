@@ -1,13 +1,13 @@
 """Load test: the Locust master's users, request rate and failures, client-side next to server-side."""
 
-from dashboards.common import RATE, ROUTE, make_dashboard, name, panel, quantile
-from monitoring.contract import (
+from asyncproof.monitoring.contract import (
     HTTP_SERVER_REQUEST_DURATION,
     LOCUST_REQUEST_FAILURES,
     LOCUST_REQUESTS,
     LOCUST_RESPONSE_TIME,
     LOCUST_USERS,
 )
+from dashboards.common import RATE, ROUTE, make_dashboard, name, panel, quantile
 
 dashboard = make_dashboard(
     "loadtest",

@@ -1,7 +1,6 @@
 """Runtime: event-loop lag per worker, the AnyIO threadpool, memory and CPU per worker."""
 
-from dashboards.common import INSTANCE, RATE, make_dashboard, name, panel, quantile
-from monitoring.contract import (
+from asyncproof.monitoring.contract import (
     ANYIO_THREADPOOL_BORROWED,
     ANYIO_THREADPOOL_TOTAL,
     ANYIO_THREADPOOL_WAITING,
@@ -14,6 +13,7 @@ from monitoring.contract import (
     SYSTEM_CPU_UTILIZATION,
     SYSTEM_MEMORY_UTILIZATION,
 )
+from dashboards.common import INSTANCE, RATE, make_dashboard, name, panel, quantile
 
 selected = 'instance=~"$instance"'
 

@@ -1,7 +1,7 @@
 """Service overview: RED per route, status mix, requests in flight."""
 
+from asyncproof.monitoring.contract import HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_DURATION
 from dashboards.common import INSTANCE, RATE, ROUTE, make_dashboard, name, panel, quantile
-from monitoring.contract import HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_DURATION
 
 requests = name(HTTP_SERVER_REQUEST_DURATION, "count")
 selected = 'instance=~"$instance", http_route=~"$route"'

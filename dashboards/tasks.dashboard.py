@@ -1,13 +1,13 @@
 """Tasks: submitted, completed by outcome, duration, queue wait, in progress, backlog."""
 
-from dashboards.common import BACKEND, RATE, make_dashboard, name, panel, quantile
-from monitoring.contract import (
+from asyncproof.monitoring.contract import (
     TASK_DURATION,
     TASK_QUEUE_WAIT,
     TASKS_COMPLETED,
     TASKS_IN_PROGRESS,
     TASKS_SUBMITTED,
 )
+from dashboards.common import BACKEND, RATE, make_dashboard, name, panel, quantile
 
 selected = 'backend=~"$backend"'
 submitted = f"sum by (backend) (rate({name(TASKS_SUBMITTED)}{{{selected}}}[{RATE}]))"

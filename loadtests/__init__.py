@@ -1,1 +1,1 @@
-"""Load tests, SLO gates and the ``asyncproof`` command line."""
+"""Load tests, SLO gates and ``asyncproof prove``."""

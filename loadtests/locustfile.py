@@ -7,8 +7,8 @@ Options of asyncproof's own (``--gates``, ``--probe-period``, ``--work-ms`` ...)
 ``locust -f loadtests/locustfile.py --help``.
 """
 
-from loadtests import plugin  # noqa: F401  (registers the event listeners)
-from loadtests.users import (  # noqa: F401  (Locust finds the user classes here)
+from asyncproof.loadtests import plugin  # noqa: F401  (registers the event listeners)
+from asyncproof.loadtests.users import (  # noqa: F401  (Locust finds the user classes here)
     AsyncBlockingUser,
     AsyncUser,
     BackgroundTasksUser,

@@ -25,8 +25,8 @@ from locust.runners import MasterRunner, WorkerRunner
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from loadtests import gates, stats
-from monitoring import contract
+from asyncproof.loadtests import gates, stats
+from asyncproof.monitoring import contract
 
 log = logging.getLogger("asyncproof")
 

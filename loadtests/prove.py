@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import psutil
 
-from loadtests import report as reports
-from loadtests.processes import BIN, children, free_port, port_open, running, wait_for
+from asyncproof.loadtests import report as reports
+from asyncproof.loadtests.processes import BIN, children, free_port, port_open, running, wait_for
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 REDIS = ("127.0.0.1", 6379)
@@ -328,7 +328,7 @@ class Prover:
             return contextlib.nullcontext()
         import redis
 
-        from app.queue import QUEUE
+        from asyncproof.app.queue import QUEUE
 
         # Tasks an earlier, interrupted run left in the queue point at its own (gone) task store.
         redis.Redis.from_url(BROKER_URL).delete(QUEUE)
@@ -422,26 +422,6 @@ def mismatches(report: dict[str, Any]) -> list[str]:
     if report.get("memory") and not report["memory"]["match"]:
         found.append("memory")
     return found
-
-
-def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
-        "prove",
-        help="run every execution style under load and compare observed with expected verdicts",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    parser.add_argument("--quick", action="store_true", help="the CI profile (about 3 minutes)")
-    parser.add_argument(
-        "--out", default="asyncproof-report", help="folder for the report (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="SCENARIO",
-        help="run only this scenario (repeatable): " + ", ".join([s.name for s in SCENARIOS] + ["memory"]),
-    )
-    parser.set_defaults(func=prove)
 
 
 def prove(args: Any) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring import contract
+from asyncproof.monitoring import contract
 
 # A sample of one request as the load generator saw it: (wall-clock end time, milliseconds, ok).
 Sample = tuple[float, float, bool]

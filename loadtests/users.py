@@ -15,7 +15,7 @@ import gevent
 import requests
 from locust import FastHttpUser, User, constant, tag, task
 
-from loadtests.plugin import PROBE_TYPE, TASK_TYPE, collector
+from asyncproof.loadtests.plugin import PROBE_TYPE, TASK_TYPE, collector
 
 TERMINAL = ("success", "failed")
 

@@ -1,7 +1,7 @@
 """asyncproof's monitoring library: ``instrument(app)`` for correct multi-worker metrics and health.
 
 Importing this package imports nothing else: prometheus_client chooses single- or multiprocess mode
-when it is first imported, and :mod:`monitoring.gunicorn` must be able to set
+when it is first imported, and :mod:`asyncproof.monitoring.gunicorn` must be able to set
 ``PROMETHEUS_MULTIPROC_DIR`` before that happens. The names below load on first use.
 """
 
@@ -29,33 +29,33 @@ __all__ = [
 ]
 
 _WHERE = {
-    "Health": "monitoring.health",
-    "HealthReport": "monitoring.health",
-    "Instrumentation": "monitoring.instrumentation",
-    "InstrumentedTTLCache": "monitoring.cache",
-    "InstrumentationMiddleware": "monitoring.middleware",
-    "JsonFormatter": "monitoring.request_id",
-    "Metrics": "monitoring.metrics",
-    "RequestIdFilter": "monitoring.request_id",
-    "RequestIdMiddleware": "monitoring.middleware",
-    "TaskTracker": "monitoring.tasks",
-    "get_request_id": "monitoring.request_id",
-    "instrument_pool": "monitoring.db",
-    "instrument": "monitoring.instrumentation",
-    "mark_process_dead": "monitoring.multiprocess",
-    "sweep": "monitoring.multiprocess",
+    "Health": "asyncproof.monitoring.health",
+    "HealthReport": "asyncproof.monitoring.health",
+    "Instrumentation": "asyncproof.monitoring.instrumentation",
+    "InstrumentedTTLCache": "asyncproof.monitoring.cache",
+    "InstrumentationMiddleware": "asyncproof.monitoring.middleware",
+    "JsonFormatter": "asyncproof.monitoring.request_id",
+    "Metrics": "asyncproof.monitoring.metrics",
+    "RequestIdFilter": "asyncproof.monitoring.request_id",
+    "RequestIdMiddleware": "asyncproof.monitoring.middleware",
+    "TaskTracker": "asyncproof.monitoring.tasks",
+    "get_request_id": "asyncproof.monitoring.request_id",
+    "instrument_pool": "asyncproof.monitoring.db",
+    "instrument": "asyncproof.monitoring.instrumentation",
+    "mark_process_dead": "asyncproof.monitoring.multiprocess",
+    "sweep": "asyncproof.monitoring.multiprocess",
 }
 
 if TYPE_CHECKING:
-    from monitoring.cache import InstrumentedTTLCache
-    from monitoring.db import instrument_pool
-    from monitoring.health import Health, HealthReport
-    from monitoring.instrumentation import Instrumentation, instrument
-    from monitoring.metrics import Metrics
-    from monitoring.middleware import InstrumentationMiddleware, RequestIdMiddleware
-    from monitoring.multiprocess import mark_process_dead, sweep
-    from monitoring.request_id import JsonFormatter, RequestIdFilter, get_request_id
-    from monitoring.tasks import TaskTracker
+    from asyncproof.monitoring.cache import InstrumentedTTLCache
+    from asyncproof.monitoring.db import instrument_pool
+    from asyncproof.monitoring.health import Health, HealthReport
+    from asyncproof.monitoring.instrumentation import Instrumentation, instrument
+    from asyncproof.monitoring.metrics import Metrics
+    from asyncproof.monitoring.middleware import InstrumentationMiddleware, RequestIdMiddleware
+    from asyncproof.monitoring.multiprocess import mark_process_dead, sweep
+    from asyncproof.monitoring.request_id import JsonFormatter, RequestIdFilter, get_request_id
+    from asyncproof.monitoring.tasks import TaskTracker
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from monitoring.metrics import Metrics
+from asyncproof.monitoring.metrics import Metrics
 
 _MISSING: Any = object()
 

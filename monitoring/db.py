@@ -22,7 +22,7 @@ from sqlalchemy.pool import (
     StaticPool,
 )
 
-from monitoring.metrics import Metrics
+from asyncproof.monitoring.metrics import Metrics
 
 # QueuePool._do_get calls itself to retry when another thread took the last slot first; only the
 # outermost call is timed, or one checkout would be observed (and one timeout counted) twice. A context

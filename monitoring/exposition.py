@@ -13,7 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import choose_encoder
 
-from monitoring.multiprocess import MultiprocessCollector
+from asyncproof.monitoring.multiprocess import MultiprocessCollector
 
 
 class Exposition:

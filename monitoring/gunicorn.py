@@ -2,7 +2,7 @@
 
 A Gunicorn config file needs only::
 
-    from monitoring.gunicorn import *
+    from asyncproof.monitoring.gunicorn import *
 
     bind = "127.0.0.1:8000"
     workers = 3
@@ -25,7 +25,7 @@ _LEGACY = "prometheus_multiproc_dir"  # the lowercase spelling prometheus_client
 if not (os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(_LEGACY)):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="asyncproof-metrics-")
 
-from monitoring import multiprocess  # noqa: E402  (must follow the environment set-up above)
+from asyncproof.monitoring import multiprocess  # noqa: E402  (must follow the environment set-up above)
 
 __all__ = ["child_exit", "on_starting"]
 

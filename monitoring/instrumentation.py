@@ -15,14 +15,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from monitoring.exposition import Exposition, MetricsServer
-from monitoring.health import Health, HealthReport
-from monitoring.metrics import Metrics
-from monitoring.middleware import InstrumentationMiddleware, RequestIdMiddleware
-from monitoring.multiprocess import multiprocess_dir
-from monitoring.recorder import HttpRecorder
-from monitoring.runtime import ProcessCollector, RuntimeSampler
-from monitoring.types import ASGIApp, Receive, Scope, Send
+from asyncproof.monitoring.exposition import Exposition, MetricsServer
+from asyncproof.monitoring.health import Health, HealthReport
+from asyncproof.monitoring.metrics import Metrics
+from asyncproof.monitoring.middleware import InstrumentationMiddleware, RequestIdMiddleware
+from asyncproof.monitoring.multiprocess import multiprocess_dir
+from asyncproof.monitoring.recorder import HttpRecorder
+from asyncproof.monitoring.runtime import ProcessCollector, RuntimeSampler
+from asyncproof.monitoring.types import ASGIApp, Receive, Scope, Send
 
 
 class Instrumentation:
@@ -59,7 +59,7 @@ class Instrumentation:
         if self.multiprocess_dir and not _writes_multiprocess_files():
             raise RuntimeError(
                 "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported, so metrics would "
-                "stay in this process; set it before the app is imported (monitoring.gunicorn does this "
+                "stay in this process; set it before the app is imported (asyncproof.monitoring.gunicorn does this "
                 "when the Gunicorn config imports it)"
             )
         self.metrics = Metrics(registry)

@@ -6,9 +6,9 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from monitoring import contract
-from monitoring.contract import MetricSpec
-from monitoring.multiprocess import multiprocess_dir
+from asyncproof.monitoring import contract
+from asyncproof.monitoring.contract import MetricSpec
+from asyncproof.monitoring.multiprocess import multiprocess_dir
 
 
 def make_metric(spec: MetricSpec, registry: CollectorRegistry | None) -> Any:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute, Host, Mount
 
-from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
-from monitoring.request_id import _current, new_request_id, safe_request_id
-from monitoring.types import ASGIApp, Message, Receive, Scope, Send
+from asyncproof.monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
+from asyncproof.monitoring.request_id import _current, new_request_id, safe_request_id
+from asyncproof.monitoring.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from monitoring.instrumentation import Instrumentation
+    from asyncproof.monitoring.instrumentation import Instrumentation
 
 access_logger = logging.getLogger("asyncproof.access")
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from monitoring import contract
+from asyncproof.monitoring import contract
 
 LOCK_FILE = ".asyncproof.lock"
 ARCHIVE_PID = "archive"

@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import Gauge, Histogram
 
-from monitoring.contract import OTHER_METHOD, STANDARD_METHODS
+from asyncproof.monitoring.contract import OTHER_METHOD, STANDARD_METHODS
 
 # (method, route, status): the label values of one series, status as the int the app sent
 Key = tuple[str, str, int]

@@ -21,10 +21,10 @@ import psutil
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitoring import contract
-from monitoring.metrics import Metrics
-from monitoring.multiprocess import sweep
-from monitoring.recorder import HttpRecorder
+from asyncproof.monitoring import contract
+from asyncproof.monitoring.metrics import Metrics
+from asyncproof.monitoring.multiprocess import sweep
+from asyncproof.monitoring.recorder import HttpRecorder
 
 logger = logging.getLogger("asyncproof.runtime")
 

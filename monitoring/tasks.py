@@ -14,8 +14,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from monitoring.contract import TASK_OUTCOMES
-from monitoring.metrics import Metrics
+from asyncproof.monitoring.contract import TASK_OUTCOMES
+from asyncproof.monitoring.metrics import Metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.processes import BIN, children, free_port, running, stop, wait_for
+from asyncproof.loadtests.processes import BIN, children, free_port, running, stop, wait_for
 
 __all__ = [
     "BIN",

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from loadtests.processes import port_open
+from asyncproof.loadtests.processes import port_open
 
 REQUIRED = os.environ.get("ASYNCPROOF_REQUIRE_SERVICES") == "1"
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from app.data import ItemIn, ItemOut
-from app.routes import UNREADABLE_BODY, problem
-from app.services import ServicesDep
+from asyncproof.app.data import ItemIn, ItemOut
+from asyncproof.app.routes import UNREADABLE_BODY, problem
+from asyncproof.app.services import ServicesDep
 
 router = APIRouter(prefix="/items", tags=["items"])
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
-from app.routes import problem
-from app.services import ServicesDep
-from app.tasks.store import Status
+from asyncproof.app.routes import problem
+from asyncproof.app.services import ServicesDep
+from asyncproof.app.tasks.store import Status
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 

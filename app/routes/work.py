@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
 from pydantic import BaseModel
 
-from app.routes import UNREADABLE_BODY, problem
-from app.services import ServicesDep
-from app.work import (
+from asyncproof.app.routes import UNREADABLE_BODY, problem
+from asyncproof.app.services import ServicesDep
+from asyncproof.app.work import (
     TASK_NAME,
     AsyncWorkRequest,
     InlineWorkRequest,

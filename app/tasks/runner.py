@@ -20,10 +20,10 @@ from typing import Any
 
 import anyio.to_thread
 
-from app.settings import Settings
-from app.tasks.store import TaskRecord, TaskStore
-from app.work import TASK_NAME, WorkFailed, WorkRequest, run_blocking
-from monitoring import Metrics, TaskTracker
+from asyncproof.app.settings import Settings
+from asyncproof.app.tasks.store import TaskRecord, TaskStore
+from asyncproof.app.work import TASK_NAME, WorkFailed, WorkRequest, run_blocking
+from asyncproof.monitoring import Metrics, TaskTracker
 
 log = logging.getLogger("asyncproof.tasks")
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from app.sqlite import use_wal
+from asyncproof.app.sqlite import use_wal
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from asyncproof.app.settings import Settings
 
 Status = Literal["pending", "running", "success", "failed"]
 TERMINAL: frozenset[str] = frozenset({"success", "failed"})

@@ -12,9 +12,9 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from app.main import create_app
-from app.settings import Settings
-from app.tasks.store import TERMINAL
+from asyncproof.app.main import create_app
+from asyncproof.app.settings import Settings
+from asyncproof.app.tasks.store import TERMINAL
 from tests.monitoring.helpers import client_for
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.warm import BYTES_PER_ENTRY
+from asyncproof.app.warm import BYTES_PER_ENTRY
 from tests.app.helpers import app_client, settings_for
 
 pytestmark = pytest.mark.anyio

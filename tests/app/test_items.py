@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.data import LocalCache, ReadThrough, RedisCache
-from monitoring import Metrics
+from asyncproof.app.data import LocalCache, ReadThrough, RedisCache
+from asyncproof.monitoring import Metrics
 from tests.app.helpers import app_client, sample, settings_for
 
 pytestmark = pytest.mark.anyio

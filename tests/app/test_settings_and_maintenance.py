@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.maintenance import PeriodicJob, RedisLease, SqliteLease
-from app.settings import Settings, default_workers
+from asyncproof.app.maintenance import PeriodicJob, RedisLease, SqliteLease
+from asyncproof.app.settings import Settings, default_workers
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.sqlite import use_wal
+from asyncproof.app.sqlite import use_wal
 
 
 def test_wal_switch_waits_while_another_connection_holds_the_file(tmp_path: Path) -> None:

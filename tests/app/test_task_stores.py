@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.tasks.store import MemoryTaskStore, RedisTaskStore, SqliteTaskStore, TaskRecord, TaskStore
+from asyncproof.app.tasks.store import MemoryTaskStore, RedisTaskStore, SqliteTaskStore, TaskRecord, TaskStore
 
 pytestmark = pytest.mark.anyio
 

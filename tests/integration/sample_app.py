@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Response
 
-import monitoring
+from asyncproof import monitoring
 
 app = FastAPI()
 instrumentation = monitoring.instrument(app, readiness_cache_seconds=0.2)

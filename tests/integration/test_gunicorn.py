@@ -40,7 +40,7 @@ def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     config = folder / "gunicorn.conf.py"
     config.write_text(
-        "from monitoring.gunicorn import *\n"
+        "from asyncproof.monitoring.gunicorn import *\n"
         f'bind = "127.0.0.1:{port}"\n'
         f"workers = {WORKERS}\n"
         'worker_class = "uvicorn_worker.UvicornWorker"\n'

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.gates import GateError, evaluate, format_outcomes, load_gates, parse_condition, parse_gates
+from asyncproof.loadtests.gates import (
+    GateError,
+    evaluate,
+    format_outcomes,
+    load_gates,
+    parse_condition,
+    parse_gates,
+)
 
 RESULTS = {
     "endpoints": {

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from loadtests.prove import (
+from asyncproof.loadtests.prove import (
     ERRORS,
     HEALTHY,
     LOSES_POLLS,
@@ -19,7 +19,7 @@ from loadtests.prove import (
     observe,
     row,
 )
-from loadtests.report import table
+from asyncproof.loadtests.report import table
 
 EXECUTOR = next(s for s in SCENARIOS if s.name == "executor-sqlite")
 

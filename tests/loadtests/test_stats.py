@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from loadtests.stats import (
+from asyncproof.loadtests.stats import (
     Scrape,
     histogram_quantile,
     lag_quantile_between,
@@ -14,7 +14,7 @@ from loadtests.stats import (
     percentile,
     summarize,
 )
-from monitoring.metrics import Metrics
+from asyncproof.monitoring.metrics import Metrics
 
 
 def test_percentiles_are_observed_values_by_nearest_rank() -> None:

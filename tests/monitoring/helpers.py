@@ -10,7 +10,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from prometheus_client import CollectorRegistry
 
-from monitoring import Instrumentation
+from asyncproof.monitoring import Instrumentation
 
 
 @asynccontextmanager

@@ -8,8 +8,8 @@ import pytest
 from cachetools import cached
 from prometheus_client import CollectorRegistry
 
-from monitoring.cache import InstrumentedTTLCache
-from monitoring.metrics import Metrics
+from asyncproof.monitoring.cache import InstrumentedTTLCache
+from asyncproof.monitoring.metrics import Metrics
 
 
 class Clock:

@@ -5,8 +5,8 @@ import re
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitoring import contract
-from monitoring.metrics import Metrics
+from asyncproof.monitoring import contract
+from asyncproof.monitoring.metrics import Metrics
 
 # Names that other code (dashboards, rules, checks) relies on: they must never change.
 CORE = {

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AssertionPool, NullPool, Pool, QueuePool, SingletonThreadPool, StaticPool
 from sqlalchemy.util import greenlet_spawn
 
-from monitoring.db import instrument_pool
-from monitoring.metrics import Metrics
+from asyncproof.monitoring.db import instrument_pool
+from asyncproof.monitoring.metrics import Metrics
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-import monitoring
-from monitoring import contract
+from asyncproof import monitoring
+from asyncproof.monitoring import contract
 from tests.monitoring.helpers import client_for
 from tests.processes import free_port
 

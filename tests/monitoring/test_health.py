@@ -7,8 +7,8 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-import monitoring
-from monitoring.health import Health
+from asyncproof import monitoring
+from asyncproof.monitoring.health import Health
 from tests.monitoring.helpers import client_for
 
 pytestmark = pytest.mark.anyio

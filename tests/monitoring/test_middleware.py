@@ -19,8 +19,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
-import monitoring
-from monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
+from asyncproof import monitoring
+from asyncproof.monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
 from tests.monitoring.helpers import client_for, requests_seen, series
 
 pytestmark = pytest.mark.anyio

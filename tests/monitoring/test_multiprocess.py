@@ -12,7 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
-from monitoring.multiprocess import MultiprocessCollector, mark_process_dead, sweep, wipe, worker_pids
+from asyncproof.monitoring.multiprocess import (
+    MultiprocessCollector,
+    mark_process_dead,
+    sweep,
+    wipe,
+    worker_pids,
+)
 
 WorkerFactory = Callable[[int], None]
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-import monitoring
+from asyncproof import monitoring
 
 EXPECTED = [
     "Health",
@@ -34,15 +34,15 @@ def test_exported_names_are_the_documented_ones_and_sorted() -> None:
 
 
 def test_instrument_is_the_function_even_after_its_module_is_imported() -> None:
-    import monitoring.instrumentation
+    import asyncproof.monitoring.instrumentation  # noqa: F401
 
     assert callable(monitoring.instrument)
-    assert monitoring.instrument.__module__ == "monitoring.instrumentation"
+    assert monitoring.instrument.__module__ == "asyncproof.monitoring.instrumentation"
 
 
 def test_importing_monitoring_does_not_import_prometheus_client() -> None:
-    # monitoring.gunicorn must be able to set PROMETHEUS_MULTIPROC_DIR before prometheus_client loads.
-    code = "import sys, monitoring; print('prometheus_client' in sys.modules)"
+    # asyncproof.monitoring.gunicorn must set PROMETHEUS_MULTIPROC_DIR before prometheus_client loads.
+    code = "import sys, asyncproof.monitoring; print('prometheus_client' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

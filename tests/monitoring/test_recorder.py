@@ -7,9 +7,9 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from monitoring.contract import HTTP_DURATION_BUCKETS
-from monitoring.metrics import Metrics
-from monitoring.recorder import HttpRecorder
+from asyncproof.monitoring.contract import HTTP_DURATION_BUCKETS
+from asyncproof.monitoring.metrics import Metrics
+from asyncproof.monitoring.recorder import HttpRecorder
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitoring.metrics import Metrics
-from monitoring.tasks import TaskTracker
+from asyncproof.monitoring.metrics import Metrics
+from asyncproof.monitoring.tasks import TaskTracker
 
 LABELS = {"task": "report", "backend": "executor"}
 

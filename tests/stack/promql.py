@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from monitoring import contract
+from asyncproof.monitoring import contract
 from tests.services import require_executable
 
 # PromQL words that are not metric names.

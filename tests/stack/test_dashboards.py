@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from asyncproof.monitoring import contract
 from dashboards import build
-from monitoring import contract
 from tests.processes import ROOT
 from tests.stack.promql import (
     COUNTER_FUNCTIONS,

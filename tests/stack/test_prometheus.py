@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitoring import contract
+from asyncproof.monitoring import contract
 from tests.processes import ROOT
 from tests.services import require_executable
 from tests.stack.promql import metric_names, series_names

@@ -1,0 +1,7 @@
+"""``python -m asyncproof``: the same as the ``asyncproof`` command."""
+
+import sys
+
+from asyncproof.cli import main
+
+sys.exit(main())
