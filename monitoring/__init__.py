@@ -11,6 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "CheckResult",
+    "ExtraLabel",
     "Health",
     "HealthReport",
     "Instrumentation",
@@ -18,9 +20,14 @@ __all__ = [
     "InstrumentedTTLCache",
     "JsonFormatter",
     "Metrics",
+    "Options",
+    "PoolInstrumentation",
     "RequestIdFilter",
     "RequestIdMiddleware",
+    "TaskRun",
     "TaskTracker",
+    "from_header",
+    "from_scope",
     "get_request_id",
     "instrument",
     "instrument_pool",
@@ -29,33 +36,41 @@ __all__ = [
 ]
 
 _WHERE = {
+    "CheckResult": "asyncproof.monitoring.health",
+    "ExtraLabel": "asyncproof.monitoring.options",
     "Health": "asyncproof.monitoring.health",
     "HealthReport": "asyncproof.monitoring.health",
     "Instrumentation": "asyncproof.monitoring.instrumentation",
-    "InstrumentedTTLCache": "asyncproof.monitoring.cache",
     "InstrumentationMiddleware": "asyncproof.monitoring.middleware",
+    "InstrumentedTTLCache": "asyncproof.monitoring.cache",
     "JsonFormatter": "asyncproof.monitoring.request_id",
     "Metrics": "asyncproof.monitoring.metrics",
+    "Options": "asyncproof.monitoring.options",
+    "PoolInstrumentation": "asyncproof.monitoring.db",
     "RequestIdFilter": "asyncproof.monitoring.request_id",
     "RequestIdMiddleware": "asyncproof.monitoring.middleware",
+    "TaskRun": "asyncproof.monitoring.tasks",
     "TaskTracker": "asyncproof.monitoring.tasks",
+    "from_header": "asyncproof.monitoring.options",
+    "from_scope": "asyncproof.monitoring.options",
     "get_request_id": "asyncproof.monitoring.request_id",
-    "instrument_pool": "asyncproof.monitoring.db",
     "instrument": "asyncproof.monitoring.instrumentation",
+    "instrument_pool": "asyncproof.monitoring.db",
     "mark_process_dead": "asyncproof.monitoring.multiprocess",
     "sweep": "asyncproof.monitoring.multiprocess",
 }
 
 if TYPE_CHECKING:
     from asyncproof.monitoring.cache import InstrumentedTTLCache
-    from asyncproof.monitoring.db import instrument_pool
-    from asyncproof.monitoring.health import Health, HealthReport
+    from asyncproof.monitoring.db import PoolInstrumentation, instrument_pool
+    from asyncproof.monitoring.health import CheckResult, Health, HealthReport
     from asyncproof.monitoring.instrumentation import Instrumentation, instrument
     from asyncproof.monitoring.metrics import Metrics
     from asyncproof.monitoring.middleware import InstrumentationMiddleware, RequestIdMiddleware
     from asyncproof.monitoring.multiprocess import mark_process_dead, sweep
+    from asyncproof.monitoring.options import ExtraLabel, Options, from_header, from_scope
     from asyncproof.monitoring.request_id import JsonFormatter, RequestIdFilter, get_request_id
-    from asyncproof.monitoring.tasks import TaskTracker
+    from asyncproof.monitoring.tasks import TaskRun, TaskTracker
 
 
 def __getattr__(name: str) -> Any:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
@@ -20,75 +21,57 @@ from asyncproof.monitoring.health import Health, HealthReport
 from asyncproof.monitoring.metrics import Metrics
 from asyncproof.monitoring.middleware import InstrumentationMiddleware, RequestIdMiddleware
 from asyncproof.monitoring.multiprocess import multiprocess_dir
-from asyncproof.monitoring.recorder import HttpRecorder
+from asyncproof.monitoring.options import Options
 from asyncproof.monitoring.runtime import ProcessCollector, RuntimeSampler
 from asyncproof.monitoring.types import ASGIApp, Receive, Scope, Send
 
+log = logging.getLogger("asyncproof.monitoring")
+
 
 class Instrumentation:
-    """The configuration, metrics, health registry and runtime sampler of one instrumented app.
+    """The options, metrics, health registry and runtime sampler of one instrumented app.
 
     Made by :func:`instrument`; use it to register readiness checks (``add_check``) and to hand
     ``metrics`` to the cache, database and task helpers.
     """
 
-    def __init__(
-        self,
-        *,
-        registry: CollectorRegistry | None = None,
-        metrics_path: str = "/metrics",
-        health_path: str = "/health",
-        metrics_port: int | None = None,
-        metrics_host: str = "0.0.0.0",
-        exclude_paths: Iterable[str] | None = None,
-        request_id_header: str | None = None,
-        server_timing: bool = False,
-        access_log: bool = False,
-        readiness_cache_seconds: float = 1.0,
-        service_id: str | None = None,
-        loop_lag_interval: float = 0.1,
-        flush_interval: float = 0.5,
-        report_interval: float = 1.0,
-    ) -> None:
-        for name, path in (("metrics_path", metrics_path), ("health_path", health_path)):
-            if not path.startswith("/") or path.endswith("/"):
-                raise ValueError(f"{name} must start with '/' and not end with one, got {path!r}")
-        if not 0 < flush_interval <= 1:
-            raise ValueError("flush_interval must be in (0, 1] seconds: a scrape must show requests 1 s old")
+    def __init__(self, options: Options | None = None, /, **kwargs: Any) -> None:
+        if options is None:
+            options = Options(**kwargs)
+        elif kwargs:
+            raise TypeError("pass the options either as an Options object or as keywords, not both")
+        self.options = options
         self.multiprocess_dir = multiprocess_dir()
         if self.multiprocess_dir and not _writes_multiprocess_files():
             raise RuntimeError(
                 "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported, so metrics would "
-                "stay in this process; set it before the app is imported (asyncproof.monitoring.gunicorn does this "
-                "when the Gunicorn config imports it)"
+                "stay in this process; set it before the app is imported (asyncproof.monitoring.gunicorn "
+                "does this when the Gunicorn config imports it)"
             )
-        self.metrics = Metrics(registry)
+        # Every app instrumented with the same registry shares its metrics and recorder.
+        self.metrics = Metrics(
+            options.registry, http_buckets=options.buckets, http_labels=options.http_labels
+        )
         self.registry = self.metrics.registry
         # The instrumented app, set by instrument(): its routes give Mount prefixes their templates.
         self.app: Starlette | None = None
         if not self.multiprocess_dir:
             _install_process_collector(self.registry)
-        self.metrics_path = metrics_path
-        self.health_path = health_path
-        self.metrics_port = metrics_port
-        self.metrics_host = metrics_host
-        self.excluded_paths = frozenset(
-            exclude_paths
-            if exclude_paths is not None
-            else {metrics_path, health_path, f"{health_path}/live", f"{health_path}/ready"}
+        self.metrics_path = options.metrics_path
+        self.health_path = options.health_path
+        self.metrics_port = options.metrics_port
+        self.request_id_header = (
+            options.request_id_header.lower().encode("latin-1") if options.request_id_header else None
         )
-        self.request_id_header = request_id_header.lower().encode("latin-1") if request_id_header else None
-        self.server_timing = server_timing
-        self.access_log = access_log
-        self.health = Health(cache_seconds=readiness_cache_seconds, service_id=service_id)
+        self.health = Health(cache_seconds=options.readiness_cache_seconds, service_id=options.service_id)
         self.health.on_report = self._record_health
-        self.recorder = HttpRecorder(self.metrics.http_duration, self.metrics.http_active)
+        self.recorder = self.metrics.http_recorder
         self.sampler = RuntimeSampler(
             self.metrics,
             self.recorder,
-            interval=loop_lag_interval,
-            flush_interval=flush_interval,
-            report_interval=report_interval,
+            interval=options.loop_lag_interval,
+            flush_interval=options.flush_interval,
+            report_interval=options.report_interval,
             multiprocess_dir=self.multiprocess_dir,
         )
         self.exposition = Exposition(self.registry, self.multiprocess_dir)
@@ -115,7 +98,10 @@ class Instrumentation:
         return {path: GetEndpoint(path, func) for path, func in functions.items()}
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        self.sampler.sample_now()
+        try:
+            self.sampler.sample_now()
+        except Exception:  # the scrape still answers, with what was flushed before
+            log.exception("asyncproof could not flush before a scrape")
         body, content_type = await self.exposition.render_async(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
@@ -125,7 +111,10 @@ class Instrumentation:
         self.sampler.start()
         if self.metrics_port is not None and self.metrics_server is None:
             self.metrics_server = MetricsServer(
-                self.exposition, self.metrics_host, self.metrics_port, before_render=self.recorder.flush
+                self.exposition,
+                self.options.metrics_host,
+                self.metrics_port,
+                before_render=self.recorder.flush,
             )
         self._chain_sigterm()
 
@@ -193,23 +182,26 @@ def _install_process_collector(registry: CollectorRegistry) -> None:
         registry.register(ProcessCollector())
 
 
-def instrument(app: Starlette, **options: Any) -> Instrumentation:
+def instrument(app: Starlette, options: Options | None = None, /, **kwargs: Any) -> Instrumentation:
     """Instrument a FastAPI or Starlette app: metrics middleware, ``/metrics``, health endpoints.
 
-    Call before the app starts serving. Options are the keyword arguments of :class:`Instrumentation`.
-    Returns the :class:`Instrumentation`, also stored as ``app.state.asyncproof``.
+    Call before the app starts serving. The options are those of :class:`Options`, given as keywords
+    (``instrument(app, metrics_path="/internal/metrics")``) or as an ``Options`` object. Any number of
+    apps may be instrumented in one process; those with the same registry (by default the global
+    one) share their series. Returns the :class:`Instrumentation`, also stored as
+    ``app.state.asyncproof``.
     """
     if not isinstance(app, Starlette):
         raise TypeError(f"instrument() takes a FastAPI or Starlette app, got {type(app).__name__}")
-    instrumentation = Instrumentation(**options)
+    instrumentation = Instrumentation(options, **kwargs)
     instrumentation.app = app
     app.add_middleware(InstrumentationMiddleware, instrumentation=instrumentation)
-    if instrumentation.request_id_header is not None or instrumentation.server_timing:
+    if instrumentation.request_id_header is not None or instrumentation.options.server_timing:
         # added last, so it runs first: the id is set before the metrics middleware starts
         app.add_middleware(
             RequestIdMiddleware,
             header=instrumentation.request_id_header,
-            server_timing=instrumentation.server_timing,
+            server_timing=instrumentation.options.server_timing,
         )
     app.state.asyncproof = instrumentation
     return instrumentation

@@ -2,37 +2,92 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from asyncproof.monitoring import contract
 from asyncproof.monitoring.contract import MetricSpec
 from asyncproof.monitoring.multiprocess import multiprocess_dir
+from asyncproof.monitoring.recorder import HttpRecorder
 
 
-def make_metric(spec: MetricSpec, registry: CollectorRegistry | None) -> Any:
+def make_metric(
+    spec: MetricSpec,
+    registry: CollectorRegistry | None,
+    *,
+    extra_labels: tuple[str, ...] = (),
+    buckets: tuple[float, ...] | None = None,
+) -> Any:
     """A prometheus_client metric for ``spec``, registered in ``registry`` (``None``: unregistered)."""
+    labels = spec.labels + extra_labels
     if spec.kind == "counter":
-        return Counter(spec.name, spec.help, spec.labels, registry=registry)
+        return Counter(spec.name, spec.help, labels, registry=registry)
     if spec.kind == "gauge":
-        return Gauge(spec.name, spec.help, spec.labels, registry=registry, multiprocess_mode=spec.gauge_mode)
-    return Histogram(spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
+        return Gauge(spec.name, spec.help, labels, registry=registry, multiprocess_mode=spec.gauge_mode)
+    return Histogram(spec.name, spec.help, labels, registry=registry, buckets=buckets or spec.buckets)
+
+
+_by_registry: WeakKeyDictionary[CollectorRegistry, Metrics] = WeakKeyDictionary()
+_made = threading.Lock()
 
 
 class Metrics:
     """Every metric of the contract, ready to record.
 
-    One instance per registry: :func:`monitoring.instrument` makes one, and the cache, database and
-    task helpers take it (``instrumentation.metrics``) so that all of them write to the same series.
-    A process without an app (a Celery worker, a process-pool child) makes its own.
+    One instance per registry: ``Metrics(registry)`` makes it the first time and hands back the same
+    one after that, so :func:`asyncproof.monitoring.instrument` (on as many apps as there are), the
+    cache, database and task helpers and the app's own code all write to the same series instead of
+    failing to register a name twice. A process without an app (a Celery worker, a process-pool
+    child) makes its own.
+
+    ``http_buckets`` and ``http_labels`` (extra label names) shape the request histogram; ``None``
+    and ``()`` take whatever the registry's instance has, or the contract's layout for a new one.
+    Asking an existing instance for another layout is a ``ValueError``: give that app a registry of
+    its own.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = REGISTRY if registry is None else registry
+    registry: CollectorRegistry
+    http_buckets: tuple[float, ...]
+    http_labels: tuple[str, ...]
+
+    def __new__(
+        cls,
+        registry: CollectorRegistry | None = None,
+        *,
+        http_buckets: Sequence[float] | None = None,
+        http_labels: Sequence[str] = (),
+    ) -> Metrics:
+        registry = REGISTRY if registry is None else registry
+        buckets = tuple(float(b) for b in http_buckets) if http_buckets is not None else None
+        with _made:
+            made = _by_registry.get(registry)
+            if made is None:
+                made = super().__new__(cls)
+                made._make(registry, buckets or contract.HTTP_DURATION_BUCKETS, tuple(http_labels))
+                _by_registry[registry] = made
+            elif (buckets is not None and buckets != made.http_buckets) or (
+                http_labels and tuple(http_labels) != made.http_labels
+            ):
+                raise ValueError(
+                    f"this registry's request histogram already has buckets {made.http_buckets} and extra "
+                    f"labels {made.http_labels}; an app that needs others must pass registry= a "
+                    "CollectorRegistry of its own"
+                )
+        return made
+
+    def _make(self, registry: CollectorRegistry, buckets: tuple[float, ...], labels: tuple[str, ...]) -> None:
+        self.registry = registry
+        self.http_buckets = buckets
+        self.http_labels = labels
         self.multiprocess = multiprocess_dir() is not None
         r = self.registry
-        self.http_duration = make_metric(contract.HTTP_SERVER_REQUEST_DURATION, r)
+        self.http_duration = make_metric(
+            contract.HTTP_SERVER_REQUEST_DURATION, r, extra_labels=labels, buckets=buckets
+        )
         self.http_active = make_metric(contract.HTTP_SERVER_ACTIVE_REQUESTS, r)
         self.loop_lag = make_metric(contract.ASYNCIO_EVENT_LOOP_LAG, r)
         self.threadpool_borrowed = make_metric(contract.ANYIO_THREADPOOL_BORROWED, r)
@@ -64,3 +119,6 @@ class Metrics:
                 if spec.per_process and spec is not contract.ASYNCIO_EVENT_LOOP_LAG_MAX:
                     gauge_spec = MetricSpec(spec.exposed_name, "gauge", spec.help, gauge_mode="liveall")
                     self.per_process_gauges[spec.exposed_name] = make_metric(gauge_spec, None)
+        # One recorder per registry too: the in-flight gauge is set from its counts, which two
+        # recorders would overwrite in turn.
+        self.http_recorder = HttpRecorder(self.http_duration, self.http_active)

@@ -13,14 +13,16 @@ routes at the front of the router, which every other request would have to try f
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Iterable, Iterator
+import re
+from collections.abc import Awaitable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from starlette.routing import BaseRoute, Host, Mount
-
 from asyncproof.monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
+from asyncproof.monitoring.options import OTHER_VALUE
+from asyncproof.monitoring.recorder import HttpRecorder
 from asyncproof.monitoring.request_id import _current, new_request_id, safe_request_id
+from asyncproof.monitoring.routes import RouteLabels, included_route, route_path
 from asyncproof.monitoring.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -62,61 +64,46 @@ class _Exchange:
             self.disconnected = True
         return message
 
-
-def _route_path(scope: Scope) -> str:
-    """The path below ``root_path``: ASGI servers put root_path at the start of ``path``."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if root_path and path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] in ("/", ""):
-        return path[len(root_path) :]
-    return path
+    def close(self) -> None:
+        """The app returned (or raised) without completing its response."""
 
 
-def _included_route(fastapi_scope: dict[str, Any], route: Any, template: str) -> str:
-    """The template of a route reached through ``include_router(..., prefix=...)``.
+class _ForegroundExchange(_Exchange):
+    """An exchange that stops counting as in flight once its response is complete, while the app
+    may still run its BackgroundTasks (``background_tasks_in_flight=False``)."""
 
-    FastAPI (0.116 and later) runs such a route as the router's original APIRoute, whose path lacks
-    the prefixes it was included with; the full one is in FastAPI's effective route context. The
-    prefixes are put before the route's own path, so the label keeps its form (``{id:int}``).
-    """
-    full = getattr(fastapi_scope.get("effective_route_context"), "path_format", None)
-    own = getattr(route, "path_format", None)
-    if isinstance(full, str) and isinstance(own, str) and full.endswith(own):
-        return full[: len(full) - len(own)] + template
-    return template
+    # set on the subclass the middleware makes per method
+    responded: dict[str, int]
+    method: str
 
+    def send(self, message: Message) -> Awaitable[None]:
+        before = self.finished
+        sent = _Exchange.send(self, message)
+        if self.finished and not before:
+            self.responded[self.method] += 1
+        return sent
 
-def _routes_to_search(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
-    """``routes`` with FastAPI's included routers (0.116 and later) replaced by the routes they carry
-    with their prefixes, and Hosts by their routes."""
-    for route in routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        if callable(contexts):
-            for context in contexts():
-                prefixed = getattr(context, "starlette_route", None)  # set for Mounts, not for routes
-                if prefixed is not None:
-                    yield prefixed
-        elif isinstance(route, Host):
-            yield from _routes_to_search(route.routes)
-        else:
-            yield route
+    def close(self) -> None:
+        self.responded[self.method] += 1
 
 
-def _mount_chain(routes: Iterable[BaseRoute], added: str) -> tuple[str, Mount] | None:
-    """The templates of the Mounts that matched ``added`` (the part of ``root_path`` they added),
-    nested ones included — ``/t/{tenant}`` for ``/t/acme``, never the raw values — and the innermost
-    of them. The first Mount that matches wins, as in Starlette's router."""
-    for route in _routes_to_search(routes):
-        if isinstance(route, Mount):
-            match = route.path_regex.match(added + "/")
-            if match is not None:
-                rest = match.group("path").rstrip("/")
-                if not rest:
-                    return route.path, route
-                inner = _mount_chain(route.routes, "/" + rest)
-                if inner is not None:
-                    return route.path + inner[0], inner[1]
-    return None
+class _Paths(frozenset[str]):
+    """Paths plus regular expressions that a whole path may match (``exclude_patterns``)."""
+
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+    def __contains__(self, path: object) -> bool:
+        if frozenset.__contains__(self, path):
+            return True
+        return isinstance(path, str) and any(p.fullmatch(path) for p in self.patterns)
+
+
+def _paths(paths: Iterable[str], patterns: tuple[re.Pattern[str], ...]) -> frozenset[str]:
+    if not patterns:
+        return frozenset(paths)  # the C-level lookup, as cheap as a set gets
+    found = _Paths(paths)
+    found.patterns = patterns
+    return found
 
 
 class InstrumentationMiddleware:
@@ -129,18 +116,31 @@ class InstrumentationMiddleware:
     def __init__(self, app: ASGIApp, *, instrumentation: Instrumentation) -> None:
         self.app = app
         self.instrumentation = instrumentation
-        recorder = instrumentation.recorder
-        self.started = recorder.started
-        self.pending = recorder.pending
-        self.access_log = instrumentation.access_log
+        options = instrumentation.options
+        self.recorder: HttpRecorder = instrumentation.recorder
+        self.started = self.recorder.started
+        self.access_log = options.access_log
+        self.extra = tuple(options.extra_labels) or None
+        self.plain = self.extra is None and not self.access_log  # one check per request for both
+        self.foreground = not options.background_tasks_in_flight
+        # The exchange class per method: _Exchange, or one that knows its method and counts the
+        # response's end (so nothing per request has to check which).
+        self.exchanges: dict[str, type[_Exchange]] = dict.fromkeys(self.started, _Exchange)
+        self.pending = self.recorder.pending
+        if self.foreground:
+            self.pending = self.recorder.pending_foreground
+            responded = self.recorder.responded
+            for method in self.exchanges:
+                attributes = {"responded": responded, "method": method}
+                self.exchanges[method] = type("_ForegroundExchange", (_ForegroundExchange,), attributes)
         self.endpoints = instrumentation.endpoints()
-        self.excluded = instrumentation.excluded_paths
-        self.special = self.excluded | self.endpoints.keys()
-        # raw part of root_path the Mounts added -> (their templates, the innermost), or None
-        self._mount_chains: dict[str, tuple[str, Mount] | None] = {}
-        # The app whose routes give Mounts their templates: the one instrument() was given, else the
-        # one this middleware wraps, else the one the lifespan scope names.
-        self._routed_app: Any = instrumentation.app or (app if hasattr(app, "routes") else None)
+        self.excluded = _paths(options.excluded, options.patterns)
+        self.special = _paths(options.excluded | self.endpoints.keys(), options.patterns)
+        # Our exclusions are our endpoints' paths, unless the caller chose them.
+        self.default_exclusions = options.exclude_paths is None
+        self.option_of = {options.metrics_path: "metrics_path"}
+        self.routes = RouteLabels(instrumentation.app or (app if hasattr(app, "routes") else None))
+        self._faults: set[tuple[str, str]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,24 +151,29 @@ class InstrumentationMiddleware:
             return
         app = self.app
         root_path = scope.get("root_path", "")  # set by the server (behind a proxy) or an outer Mount
-        if scope["path"] in self.special or (root_path and _route_path(scope) in self.special):
-            path = _route_path(scope)
-            app = self.endpoints.get(path, app)  # a built-in endpoint sets scope["route"]
-            if path in self.excluded:
+        if scope["path"] in self.special or (root_path and route_path(scope) in self.special):
+            path = route_path(scope)
+            endpoint = self.endpoints.get(path)  # a built-in endpoint sets scope["route"]
+            owned = endpoint is not None and self.routes.app_owns(
+                path, self.option_of.get(path, "health_path")
+            )
+            if endpoint is not None and not owned:
+                app = endpoint
+            if path in self.excluded and not (owned and self.default_exclusions):
                 await app(scope, receive, send)
                 return
 
         # Every line below runs for every request: it is written for the fewest bytecodes, which is
         # what a request pays for (see benchmarks/overhead.py).
-        exchange = _Exchange()
-        exchange.server_send = send
-        exchange.server_receive = receive
         method = scope["method"]
         try:
             self.started[method] += 1  # the standard methods are its keys
         except KeyError:
             method = OTHER_METHOD
             self.started[method] += 1
+        exchange = self.exchanges[method]()
+        exchange.server_send = send
+        exchange.server_receive = receive
         start = perf_counter()
         try:
             await app(scope, exchange.receive, exchange.send)
@@ -181,57 +186,52 @@ class InstrumentationMiddleware:
             finished = exchange.finished
             if not finished:
                 finished = perf_counter()
+                exchange.close()
                 if not status:  # the app returned without starting a response
                     status = 500
             if exchange.disconnected:  # the client left before the response was complete, as nginx's 499
                 status = CLIENT_CLOSED_REQUEST
-            matched: Any = scope.get("route")
-            try:
-                route = matched.path  # the matched route's template, never the raw path
-            except AttributeError:  # no route matched, or one without a template (Host)
-                route = UNMATCHED_ROUTE
-            else:
-                if scope.get("fastapi"):  # FastAPI's per-request state: set for included routers
-                    route = _included_route(scope["fastapi"], matched, route)
-            if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
-                route = self._mounted_route(scope, matched, route, root_path)
-            self.pending[method, route, status].append(finished - start)
-            if self.access_log:
-                self._log_access(scope, method, route, status, finished - start)
+            try:  # a fault of ours must not reach the server: the response is the app's
+                matched: Any = scope.get("route")
+                try:
+                    route = matched.path  # the matched route's template, never the raw path
+                except AttributeError:  # no route matched, or one without a template (Host)
+                    route = UNMATCHED_ROUTE
+                else:
+                    if scope.get("fastapi"):  # FastAPI's per-request state: set for included routers
+                        route = included_route(scope["fastapi"], matched, route)
+                if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
+                    route = self.routes.mounted(scope, matched, route, root_path)
+                if self.plain:
+                    self.pending[method, route, status].append(finished - start)
+                else:  # extra labels, or the access log
+                    self._record(scope, method, route, status, finished - start)
+            except Exception as error:
+                self._fault(error, method, status, finished - start)
 
-    def _mounted_route(self, scope: Scope, matched: Any, template: str, root_path: str) -> str:
-        """The route label when a Mount matched: the Mounts' templates, then the template of the route
-        matched inside. A root_path that was there when the request reached this app is not part of
-        it. A mounted app without routes of its own (StaticFiles) is labelled with its Mount's
-        template; a mounted router that found no route, ours or the one this app is mounted in,
-        gives ``unmatched``. (FastAPI's router leaves no ``scope["route"]`` for a Mount.)"""
-        if isinstance(matched, Mount) and matched.routes:
-            return UNMATCHED_ROUTE
-        added = scope.get("root_path", "")[len(root_path) :]
-        if added in self._mount_chains:
-            found = self._mount_chains[added]
-        elif self._routed_app is None:  # composed by hand, no lifespan run yet: the raw prefix
-            if isinstance(matched, Mount):
-                return added or "/"
-            bad = template is UNMATCHED_ROUTE or not isinstance(template, str)
-            return UNMATCHED_ROUTE if bad else added + template
+    def _record(self, scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
+        if self.extra is None:
+            self.pending[method, route, status].append(seconds)
         else:
+            self.pending[(method, route, status, *[label(scope) for label in self.extra])].append(seconds)
+        if self.access_log:
+            self._log_access(scope, method, route, status, seconds)
+
+    def _fault(self, error: Exception, method: str, status: int, seconds: float) -> None:
+        """A fault while labelling or recording: logged once per distinct error, and the request
+        still counted, as ``unmatched``."""
+        fault = (type(error).__name__, str(error)[:200])
+        if fault not in self._faults and len(self._faults) < 100:
+            self._faults.add(fault)
+            log.error("asyncproof could not record a request; counted as unmatched", exc_info=error)
+        key = (method, UNMATCHED_ROUTE, status, *(OTHER_VALUE for _ in self.extra or ()))
+        try:
+            self.pending[key].append(seconds)
+        except Exception:
             try:
-                found = _mount_chain(getattr(self._routed_app, "routes", ()), added) if added else None
-            except Exception:  # a router of another make: its request must still be counted
-                log.exception("cannot find the Mounts of %r among the app's routes", added)
-                found = None
-            if len(self._mount_chains) >= 1024:  # raw prefixes carry path parameters: keep it bounded
-                self._mount_chains.clear()
-            self._mount_chains[added] = found
-        if found is None:  # no Mount of this app: the root_path came from outside
-            return template if isinstance(template, str) else UNMATCHED_ROUTE
-        prefix, mount = found
-        if matched is None or isinstance(matched, Mount):  # the mounted app answered by itself
-            return UNMATCHED_ROUTE if mount.routes else prefix or "/"
-        if template is UNMATCHED_ROUTE or not isinstance(template, str):
-            return UNMATCHED_ROUTE
-        return prefix + template
+                self.recorder.observe_now(key, seconds, foreground=self.foreground)
+            except Exception:
+                log.debug("the request could not be counted either", exc_info=True)
 
     def _log_access(self, scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
         client = scope.get("client")
@@ -252,13 +252,16 @@ class InstrumentationMiddleware:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         instrumentation = self.instrumentation
-        if self._routed_app is None:
-            self._routed_app = scope.get("app")
+        if self.routes.app is None:
+            self.routes.app = scope.get("app")
 
         async def receive_wrapper() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await instrumentation.start()
+                try:  # the app starts whatever happens to our sampler or metrics port
+                    await instrumentation.start()
+                except Exception:
+                    log.exception("asyncproof could not start its runtime metrics; the app runs without them")
             elif message["type"] == "lifespan.shutdown":
                 instrumentation.health.begin_shutdown()
             return message
@@ -266,7 +269,10 @@ class InstrumentationMiddleware:
         try:
             await self.app(scope, receive_wrapper, send)
         finally:
-            await instrumentation.stop()
+            try:
+                await instrumentation.stop()
+            except Exception:
+                log.exception("asyncproof could not stop its runtime metrics cleanly")
 
 
 class RequestIdMiddleware:

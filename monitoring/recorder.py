@@ -20,8 +20,8 @@ from prometheus_client import Gauge, Histogram
 
 from asyncproof.monitoring.contract import OTHER_METHOD, STANDARD_METHODS
 
-# (method, route, status): the label values of one series, status as the int the app sent
-Key = tuple[str, str, int]
+# (method, route, status, *extra label values): one series, status as the int the app sent
+Key = tuple[Any, ...]
 
 
 def bulk_observe(child: Any, durations: list[float]) -> None:
@@ -65,16 +65,25 @@ class _Pending(dict[Key, list[float]]):
 
 
 class HttpRecorder:
-    """Buffers finished requests and in-flight counts; ``flush()`` moves them into prometheus_client."""
+    """Buffers finished requests and in-flight counts; ``flush()`` moves them into prometheus_client.
+
+    Requests whose BackgroundTasks do not count as in flight (``background_tasks_in_flight=False``)
+    go to ``pending_foreground``; ``responded`` counts those whose response is complete (or that
+    ended without one), so that in flight = started - finished - (responded - finished of those) =
+    started - finished of the others - responded.
+    """
 
     def __init__(self, duration: Histogram, active: Gauge) -> None:
         # There are as many lists as there are series.
         self.pending = _Pending()
+        self.pending_foreground = _Pending()
         # Requests started per method, counted by the middleware: a plain dict with every method it
         # can label, the cheapest thing to update per request. A flush counts the finished ones (the
         # durations it drains), so in flight = started - finished, with no second update per request.
         self.started: dict[str, int] = dict.fromkeys(sorted(STANDARD_METHODS | {OTHER_METHOD}), 0)
         self._finished: dict[str, int] = dict.fromkeys(self.started, 0)
+        self.responded: dict[str, int] = dict.fromkeys(self.started, 0)
+        self._finished_foreground: dict[str, int] = dict.fromkeys(self.started, 0)
         self._duration = duration
         self._active_gauge = active
         self._children: dict[Key, Any] = {}
@@ -86,9 +95,21 @@ class HttpRecorder:
         with self._lock:
             return self._flush()
 
-    def _flush(self) -> int:
+    def observe_now(self, key: Key, seconds: float, *, foreground: bool = False) -> None:
+        """Record one request at once, bypassing the buffers (the middleware's fallback)."""
+        with self._lock:
+            self._child(key).observe(seconds)
+            (self._finished_foreground if foreground else self._finished)[key[0]] += 1
+
+    def _child(self, key: Key) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._duration.labels(key[0], key[1], str(key[2]), *key[3:])
+        return child
+
+    def _drain(self, pending: _Pending, finished: dict[str, int]) -> int:
         applied = 0
-        series = self.pending.series
+        series = pending.series
         for index in range(len(series)):  # label sets added meanwhile wait for the next flush
             key, durations = series[index]
             count = len(durations)
@@ -97,18 +118,23 @@ class HttpRecorder:
             # Drained in place, up to what was there: appends that land meanwhile wait for the next flush.
             batch = durations[:count]
             del durations[:count]
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self._duration.labels(key[0], key[1], str(key[2]))
             batch.sort()
-            bulk_observe(child, batch)
-            self._finished[key[0]] += count
+            bulk_observe(self._child(key), batch)
+            finished[key[0]] += count
             applied += count
+        return applied
+
+    def _flush(self) -> int:
+        applied = self._drain(self.pending, self._finished)
+        applied += self._drain(self.pending_foreground, self._finished_foreground)
+        responded = self.responded  # written by the loop's thread only; read here
         for method, started in self.started.items():
             gauge = self._active_children.get(method)
             if gauge is None:
                 if not started:  # a method gets its in-flight series once a request with it has started
                     continue
                 gauge = self._active_children[method] = self._active_gauge.labels(method)
-            gauge.set(started - self._finished[method])
+            # responded - finished: foreground requests whose response is complete, still running
+            done = self._finished[method] + responded[method]
+            gauge.set(started - done)
         return applied

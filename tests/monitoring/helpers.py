@@ -23,10 +23,16 @@ async def client_for(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def requests_seen(instrumentation: Instrumentation, **labels: str) -> float:
-    """How many requests with these labels the histogram counted (after a flush)."""
+    """How many requests with these labels (and any values of the others) the histogram counted,
+    after a flush."""
     instrumentation.recorder.flush()
-    value = instrumentation.registry.get_sample_value("http_server_request_duration_seconds_count", labels)
-    return value or 0.0
+    return sum(
+        sample.value
+        for metric in instrumentation.registry.collect()
+        for sample in metric.samples
+        if sample.name == "http_server_request_duration_seconds_count"
+        and labels.items() <= sample.labels.items()
+    )
 
 
 def series(registry: CollectorRegistry, name: str) -> list[dict[str, str]]:

@@ -8,6 +8,8 @@ import pytest
 from asyncproof import monitoring
 
 EXPECTED = [
+    "CheckResult",
+    "ExtraLabel",
     "Health",
     "HealthReport",
     "Instrumentation",
@@ -15,9 +17,14 @@ EXPECTED = [
     "InstrumentedTTLCache",
     "JsonFormatter",
     "Metrics",
+    "Options",
+    "PoolInstrumentation",
     "RequestIdFilter",
     "RequestIdMiddleware",
+    "TaskRun",
     "TaskTracker",
+    "from_header",
+    "from_scope",
     "get_request_id",
     "instrument",
     "instrument_pool",

@@ -1,0 +1,180 @@
+"""Route labels: the template of the route a request matched, never its raw path.
+
+The middleware reads ``scope["route"].path`` itself (one subscript per request); what needs more —
+routes reached through ``include_router(..., prefix=...)``, Mounts (their templates, nested ones
+included), a root_path set by a proxy — is here, as is the question whether the app has a route of
+its own at a path our built-in endpoints would answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from starlette.routing import BaseRoute, Host, Match, Mount
+
+from asyncproof.monitoring.contract import UNMATCHED_ROUTE
+from asyncproof.monitoring.types import Scope
+
+log = logging.getLogger("asyncproof.monitoring")
+
+
+def route_path(scope: Scope) -> str:
+    """The path below ``root_path``: ASGI servers put root_path at the start of ``path``."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] in ("/", ""):
+        return path[len(root_path) :]
+    return path
+
+
+def included_route(fastapi_scope: dict[str, Any], route: Any, template: str) -> str:
+    """The template of a route reached through ``include_router(..., prefix=...)``.
+
+    FastAPI (0.116 and later) runs such a route as the router's original APIRoute, whose path lacks
+    the prefixes it was included with; the full one is in FastAPI's effective route context. The
+    prefixes are put before the route's own path, so the label keeps its form (``{id:int}``).
+    """
+    full = getattr(fastapi_scope.get("effective_route_context"), "path_format", None)
+    own = getattr(route, "path_format", None)
+    if isinstance(full, str) and isinstance(own, str) and full.endswith(own):
+        return full[: len(full) - len(own)] + template
+    return template
+
+
+def _routes_to_search(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """``routes`` with FastAPI's included routers (0.116 and later) replaced by the Mounts they carry
+    with their prefixes, and Hosts by their routes."""
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            for context in contexts():
+                prefixed = getattr(context, "starlette_route", None)  # set for Mounts, not for routes
+                if prefixed is not None:
+                    yield prefixed
+        elif isinstance(route, Host):
+            yield from _routes_to_search(route.routes)
+        else:
+            yield route
+
+
+def _mount_chain(routes: Iterable[BaseRoute], added: str) -> tuple[str, Mount] | None:
+    """The templates of the Mounts that matched ``added`` (the part of ``root_path`` they added),
+    nested ones included — ``/t/{tenant}`` for ``/t/acme``, never the raw values — and the innermost
+    of them. The first Mount that matches wins, as in Starlette's router."""
+    for route in _routes_to_search(routes):
+        if isinstance(route, Mount):
+            match = route.path_regex.match(added + "/")
+            if match is not None:
+                rest = match.group("path").rstrip("/")
+                if not rest:
+                    return route.path, route
+                inner = _mount_chain(route.routes, "/" + rest)
+                if inner is not None:
+                    return route.path + inner[0], inner[1]
+    return None
+
+
+def _has_literal_route(routes: Iterable[BaseRoute], scope: Scope) -> bool:
+    """Whether a route among ``routes`` matches ``scope``'s path without a path parameter: the app's
+    own ``/health``, not a catch-all ``/{path:path}`` or a StaticFiles Mount that would take any
+    path. Mounts with routes are searched by the router's own matching, for any FastAPI version."""
+    for route in routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:  # a route of another make that cannot match a bare scope
+            continue
+        if match is Match.NONE:
+            continue
+        if isinstance(route, Mount) or "app_root_path" in child:
+            inner = getattr(route, "routes", None)
+            if (
+                inner
+                and not child.get("path_params")
+                and _has_literal_route(inner, {**scope, **child, "path": scope["path"]})
+            ):
+                return True
+            continue
+        if not child.get("path_params"):
+            return True
+    return False
+
+
+class RouteLabels:
+    """Labels that need the app's routes: Mount templates (cached per raw prefix) and which of our
+    built-in paths the app has a route of its own for."""
+
+    def __init__(self, app: Any) -> None:
+        # The app whose routes give Mounts their templates: the one instrument() was given, else the
+        # one the middleware wraps, else the one the lifespan scope names (set by the middleware).
+        self.app = app
+        # raw part of root_path the Mounts added -> (their templates, the innermost), or None
+        self._mount_chains: dict[str, tuple[str, Mount] | None] = {}
+        self._owned: dict[str, bool] = {}
+        self._owned_for: tuple[int, int] | None = None
+        self._warned: set[str] = set()
+
+    def app_owns(self, path: str, option: str) -> bool:
+        """Whether the app has its own route at ``path``; checked again whenever the app's route list
+        changed (routes added after ``instrument()`` count). The first time, a warning names the
+        conflict and ``option``, which moves our endpoint elsewhere."""
+        routes = getattr(self.app, "routes", None)
+        if not routes:
+            return False
+        signature = (id(routes), len(routes))
+        if signature != self._owned_for:
+            self._owned.clear()
+            self._owned_for = signature
+        owned = self._owned.get(path)
+        if owned is None:
+            scope = {"type": "http", "path": path, "root_path": "", "method": "GET", "headers": []}
+            try:
+                owned = _has_literal_route(routes, scope)
+            except Exception:  # never let a router of another make break the request
+                log.exception("cannot search the app's routes for %r", path)
+                owned = False
+            self._owned[path] = owned
+            if owned and path not in self._warned:
+                self._warned.add(path)
+                log.warning(
+                    "the app has its own route at %s: it answers there, not asyncproof; pass %s= to "
+                    "instrument() to serve asyncproof's endpoint at another path",
+                    path,
+                    option,
+                )
+        return owned
+
+    def mounted(self, scope: Scope, matched: Any, template: str, root_path: str) -> str:
+        """The route label when a Mount matched: the Mounts' templates, then the template of the route
+        matched inside. A root_path that was there when the request reached this app is not part of
+        it. A mounted app without routes of its own (StaticFiles) is labelled with its Mount's
+        template; a mounted router that found no route, ours or the one this app is mounted in,
+        gives ``unmatched``. (FastAPI's router leaves no ``scope["route"]`` for a Mount.)"""
+        if isinstance(matched, Mount) and matched.routes:
+            return UNMATCHED_ROUTE
+        added = scope.get("root_path", "")[len(root_path) :]
+        if added in self._mount_chains:
+            found = self._mount_chains[added]
+        elif self.app is None:  # composed by hand, no lifespan run yet: the raw prefix
+            if isinstance(matched, Mount):
+                return added or "/"
+            bad = template is UNMATCHED_ROUTE or not isinstance(template, str)
+            return UNMATCHED_ROUTE if bad else added + template
+        else:
+            try:
+                found = _mount_chain(getattr(self.app, "routes", ()), added) if added else None
+            except Exception:  # a router of another make: its request must still be counted
+                log.exception("cannot find the Mounts of %r among the app's routes", added)
+                found = None
+            if len(self._mount_chains) >= 1024:  # raw prefixes carry path parameters: keep it bounded
+                self._mount_chains.clear()
+            self._mount_chains[added] = found
+        if found is None:  # no Mount of this app: the root_path came from outside
+            return template if isinstance(template, str) else UNMATCHED_ROUTE
+        prefix, mount = found
+        if matched is None or isinstance(matched, Mount):  # the mounted app answered by itself
+            return UNMATCHED_ROUTE if mount.routes else prefix or "/"
+        if template is UNMATCHED_ROUTE or not isinstance(template, str):
+            return UNMATCHED_ROUTE
+        return prefix + template
