@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -31,8 +30,10 @@ def make_metric(
     return Histogram(spec.name, spec.help, labels, registry=registry, buckets=buckets or spec.buckets)
 
 
-_by_registry: WeakKeyDictionary[CollectorRegistry, Metrics] = WeakKeyDictionary()
 _made = threading.Lock()
+# The instance lives on its registry, so that it goes when the registry goes (a weak mapping from
+# registry to instance would keep both: the instance refers to its registry).
+_ATTRIBUTE = "_asyncproof_metrics"
 
 
 class Metrics:
@@ -64,11 +65,11 @@ class Metrics:
         registry = REGISTRY if registry is None else registry
         buckets = tuple(float(b) for b in http_buckets) if http_buckets is not None else None
         with _made:
-            made = _by_registry.get(registry)
+            made: Metrics | None = getattr(registry, _ATTRIBUTE, None)
             if made is None:
                 made = super().__new__(cls)
                 made._make(registry, buckets or contract.HTTP_DURATION_BUCKETS, tuple(http_labels))
-                _by_registry[registry] = made
+                setattr(registry, _ATTRIBUTE, made)
             elif (buckets is not None and buckets != made.http_buckets) or (
                 http_labels and tuple(http_labels) != made.http_labels
             ):

@@ -238,3 +238,15 @@ async def test_a_fault_in_the_flush_or_the_sampler_leaves_the_app_and_the_scrape
         scrape = await client.get("/metrics")
         assert scrape.status_code == 200
         assert "http_server_request_duration_seconds" in scrape.text
+
+
+def test_a_registry_and_its_metrics_go_together() -> None:
+    import gc
+    import weakref
+
+    registry = CollectorRegistry()
+    monitoring.instrument(Starlette(), registry=registry)
+    gone = weakref.ref(registry)
+    del registry
+    gc.collect()
+    assert gone() is None  # app factories in a long test run do not pile up registries
