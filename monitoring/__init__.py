@@ -60,6 +60,9 @@ _WHERE = {
     "sweep": "asyncproof.monitoring.multiprocess",
 }
 
+# Optional dependencies of some names, and the extra that brings each.
+_EXTRAS = {"sqlalchemy": "sqlalchemy"}
+
 if TYPE_CHECKING:
     from asyncproof.monitoring.cache import InstrumentedTTLCache
     from asyncproof.monitoring.db import PoolInstrumentation, instrument_pool
@@ -76,8 +79,18 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
-        raise AttributeError(f"module 'monitoring' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+        raise AttributeError(f"module 'asyncproof.monitoring' has no attribute {name!r}")
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        extra = _EXTRAS.get(error.name or "")
+        if extra is None:
+            raise
+        raise ModuleNotFoundError(
+            f"{name} needs {error.name}, which is not installed: pip install 'asyncproof[{extra}]'",
+            name=error.name,
+        ) from error
+    value = getattr(loaded, name)
     globals()[name] = value
     return value
 

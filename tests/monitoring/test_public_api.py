@@ -57,3 +57,16 @@ def test_importing_monitoring_does_not_import_prometheus_client() -> None:
 def test_unknown_attribute_raises_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_thing"):
         monitoring.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_a_name_whose_optional_dependency_is_missing_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['sqlalchemy'] = None\n"
+        "from asyncproof import monitoring\n"
+        "try:\n"
+        "    monitoring.instrument_pool\n"
+        "except ModuleNotFoundError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'asyncproof[sqlalchemy]'" in result.stdout
