@@ -24,6 +24,7 @@ __all__ = [
     "PoolInstrumentation",
     "RequestIdFilter",
     "RequestIdMiddleware",
+    "RouteConflictWarning",
     "TaskRun",
     "TaskTracker",
     "from_header",
@@ -49,6 +50,7 @@ _WHERE = {
     "PoolInstrumentation": "asyncproof.monitoring.db",
     "RequestIdFilter": "asyncproof.monitoring.request_id",
     "RequestIdMiddleware": "asyncproof.monitoring.middleware",
+    "RouteConflictWarning": "asyncproof.monitoring.routes",
     "TaskRun": "asyncproof.monitoring.tasks",
     "TaskTracker": "asyncproof.monitoring.tasks",
     "from_header": "asyncproof.monitoring.options",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
     from asyncproof.monitoring.multiprocess import mark_process_dead, sweep
     from asyncproof.monitoring.options import ExtraLabel, Options, from_header, from_scope
     from asyncproof.monitoring.request_id import JsonFormatter, RequestIdFilter, get_request_id
+    from asyncproof.monitoring.routes import RouteConflictWarning
     from asyncproof.monitoring.tasks import TaskRun, TaskTracker
 
 

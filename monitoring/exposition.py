@@ -25,16 +25,28 @@ class Exposition:
             self.registry.register(MultiprocessCollector(multiprocess_dir))
         else:
             self.registry = registry
-        # One dedicated thread: rendering (reading every worker's files in multiprocess mode) never
-        # runs on the event loop, and never takes a token from AnyIO's threadpool that requests need.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncproof-scrape")
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
     async def render_async(self, accept: str | None) -> tuple[bytes, str]:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.render, accept)
+        return await asyncio.get_running_loop().run_in_executor(_scrape_thread(), self.render, accept)
+
+
+_scrapes: ThreadPoolExecutor | None = None
+_scrapes_made = threading.Lock()
+
+
+def _scrape_thread() -> ThreadPoolExecutor:
+    """One thread per process renders scrapes, made on the first: rendering (reading every worker's
+    files in multiprocess mode) never runs on the event loop, never takes a token from AnyIO's
+    threadpool that requests need, and many apps in one process do not hold a thread each."""
+    global _scrapes
+    with _scrapes_made:
+        if _scrapes is None:
+            _scrapes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncproof-scrape")
+        return _scrapes
 
 
 class _QuietHandler(WSGIRequestHandler):

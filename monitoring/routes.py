@@ -9,6 +9,7 @@ its own at a path our built-in endpoints would answer.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,6 +19,10 @@ from asyncproof.monitoring.contract import UNMATCHED_ROUTE
 from asyncproof.monitoring.types import Scope
 
 log = logging.getLogger("asyncproof.monitoring")
+
+
+class RouteConflictWarning(UserWarning):
+    """The app has its own route at a path asyncproof would answer; the app's route wins."""
 
 
 def route_path(scope: Scope) -> str:
@@ -117,8 +122,8 @@ class RouteLabels:
 
     def app_owns(self, path: str, option: str) -> bool:
         """Whether the app has its own route at ``path``; checked again whenever the app's route list
-        changed (routes added after ``instrument()`` count). The first time, a warning names the
-        conflict and ``option``, which moves our endpoint elsewhere."""
+        changed (routes added after ``instrument()`` count). The first time, a
+        :class:`RouteConflictWarning` names the conflict and ``option``, which moves our endpoint."""
         routes = getattr(self.app, "routes", None)
         if not routes:
             return False
@@ -137,12 +142,16 @@ class RouteLabels:
             self._owned[path] = owned
             if owned and path not in self._warned:
                 self._warned.add(path)
-                log.warning(
-                    "the app has its own route at %s: it answers there, not asyncproof; pass %s= to "
-                    "instrument() to serve asyncproof's endpoint at another path",
-                    path,
-                    option,
+                message = (
+                    f"the app has its own route at {path}: it answers there, not asyncproof; pass "
+                    f"{option}= to instrument() to serve asyncproof's endpoint at another path"
                 )
+                # A Python warning (printed once by default, filterable by its category), not a log
+                # record at WARNING, which apps and test suites that count log records would trip on.
+                try:
+                    warnings.warn(message, RouteConflictWarning, stacklevel=2)
+                except Warning:  # a filter turned it into an error: a notice must never fail a request
+                    log.info(message)
         return owned
 
     def mounted(self, scope: Scope, matched: Any, template: str, root_path: str) -> str:

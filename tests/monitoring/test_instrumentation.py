@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 from fastapi import APIRouter, FastAPI
@@ -113,22 +114,33 @@ def own_health_app() -> FastAPI:
     return app
 
 
-async def test_the_apps_own_health_route_answers_and_one_warning_names_the_option(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_the_apps_own_health_route_answers_and_one_warning_names_the_option() -> None:
     app = own_health_app()
     instr = monitoring.instrument(app, registry=CollectorRegistry())
-    with caplog.at_level(logging.WARNING, logger="asyncproof"):
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         async with client_for(app) as client:
             for _ in range(3):
                 response = await client.get("/health")
                 assert response.json() == {"mine": "yes"}
             assert (await client.get("/health/live")).json()["status"] == "pass"  # ours still there
-    warnings = [r for r in caplog.records if "own route at /health" in r.getMessage()]
-    assert len(warnings) == 1
-    assert "health_path=" in warnings[0].getMessage()
+    assert [w.category for w in warned] == [monitoring.RouteConflictWarning]
+    assert "own route at /health" in str(warned[0].message)
+    assert "health_path=" in str(warned[0].message)
     # The app's route is the app's: counted like any other.
     assert requests_seen(instr, http_request_method="GET", http_route="/health") == 3
+
+
+async def test_the_notice_never_fails_a_request_where_warnings_are_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = own_health_app()
+    monitoring.instrument(app, registry=CollectorRegistry())
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="asyncproof"):
+        warnings.simplefilter("error")  # as test suites configure it
+        async with client_for(app) as client:
+            assert (await client.get("/health")).json() == {"mine": "yes"}
+    assert [r.levelno for r in caplog.records if "own route at /health" in r.getMessage()] == [logging.INFO]
 
 
 async def test_moving_ours_with_health_path_serves_both() -> None:

@@ -21,6 +21,7 @@ EXPECTED = [
     "PoolInstrumentation",
     "RequestIdFilter",
     "RequestIdMiddleware",
+    "RouteConflictWarning",
     "TaskRun",
     "TaskTracker",
     "from_header",
