@@ -22,7 +22,7 @@ from asyncproof.monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, 
 from asyncproof.monitoring.options import OTHER_VALUE
 from asyncproof.monitoring.recorder import HttpRecorder
 from asyncproof.monitoring.request_id import _current, new_request_id, safe_request_id
-from asyncproof.monitoring.routes import RouteLabels, included_route, route_path
+from asyncproof.monitoring.routes import ROUTER_SETS_ROUTE, RouteLabels, included_route, route_path
 from asyncproof.monitoring.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -197,6 +197,8 @@ class InstrumentationMiddleware:
                     route = matched.path  # the matched route's template, never the raw path
                 except AttributeError:  # no route matched, or one without a template (Host)
                     route = UNMATCHED_ROUTE
+                    if matched is None and not ROUTER_SETS_ROUTE:  # Starlette before 1.7
+                        route = self.routes.find(scope, root_path)
                 else:
                     if scope.get("fastapi"):  # FastAPI's per-request state: set for included routers
                         route = included_route(scope["fastapi"], matched, route)

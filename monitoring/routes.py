@@ -13,12 +13,18 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import starlette
 from starlette.routing import BaseRoute, Host, Match, Mount
 
 from asyncproof.monitoring.contract import UNMATCHED_ROUTE
 from asyncproof.monitoring.types import Scope
 
 log = logging.getLogger("asyncproof.monitoring")
+
+# Starlette's router sets scope["route"] from 1.7 on. Before, the route a request matched is found
+# again after the response, by matching the app's routes as the router did (what the peer libraries
+# do for every request); only requests that carry no route pay for it.
+ROUTER_SETS_ROUTE = tuple(int(part) for part in starlette.__version__.split(".")[:2]) >= (1, 7)
 
 
 class RouteConflictWarning(UserWarning):
@@ -37,7 +43,7 @@ def route_path(scope: Scope) -> str:
 def included_route(fastapi_scope: dict[str, Any], route: Any, template: str) -> str:
     """The template of a route reached through ``include_router(..., prefix=...)``.
 
-    FastAPI (0.116 and later) runs such a route as the router's original APIRoute, whose path lacks
+    FastAPI (0.137 and later) runs such a route as the router's original APIRoute, whose path lacks
     the prefixes it was included with; the full one is in FastAPI's effective route context. The
     prefixes are put before the route's own path, so the label keeps its form (``{id:int}``).
     """
@@ -49,7 +55,7 @@ def included_route(fastapi_scope: dict[str, Any], route: Any, template: str) -> 
 
 
 def _routes_to_search(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
-    """``routes`` with FastAPI's included routers (0.116 and later) replaced by the Mounts they carry
+    """``routes`` with FastAPI's included routers (0.137 and later) replaced by the Mounts they carry
     with their prefixes, and Hosts by their routes."""
     for route in routes:
         contexts = getattr(route, "effective_route_contexts", None)
@@ -79,6 +85,31 @@ def _mount_chain(routes: Iterable[BaseRoute], added: str) -> tuple[str, Mount] |
                 if inner is not None:
                     return route.path + inner[0], inner[1]
     return None
+
+
+def _find_template(routes: Iterable[BaseRoute], scope: Scope) -> str | None:
+    """The template of the route among ``routes`` that ``scope`` matches — Mount templates
+    included, a 405's route as the router picks it — or ``None``."""
+    partial: str | None = None
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        if isinstance(route, (Mount, Host)):
+            inner_routes = route.routes
+            if not inner_routes:  # a mounted app without routes (StaticFiles): its Mount's template
+                found: str | None = getattr(route, "path", None)
+            else:
+                inner = _find_template(inner_routes, {**scope, **child})
+                prefix = route.path if isinstance(route, Mount) else ""
+                found = None if inner is None else prefix + inner
+        else:
+            found = getattr(route, "path", None)
+        if match is Match.FULL:
+            return found
+        if partial is None:
+            partial = found
+    return partial
 
 
 def _has_literal_route(routes: Iterable[BaseRoute], scope: Scope) -> bool:
@@ -154,12 +185,32 @@ class RouteLabels:
                     log.info(message)
         return owned
 
+    def find(self, scope: Scope, root_path: str) -> str:
+        """The label of a request that carries no route (Starlette before 1.7): found by matching the
+        app's routes as the router did. A fault or no match gives ``unmatched``."""
+        routes = getattr(self.app, "routes", None)
+        if not routes:
+            return UNMATCHED_ROUTE
+        request = {**scope, "root_path": root_path}
+        request.pop("app_root_path", None)
+        request.pop("path_params", None)
+        try:
+            found = _find_template(routes, request)
+        except Exception:  # a route of another make: the request is still counted
+            log.exception("cannot match %r against the app's routes", scope.get("path"))
+            found = None
+        return found if isinstance(found, str) else UNMATCHED_ROUTE
+
     def mounted(self, scope: Scope, matched: Any, template: str, root_path: str) -> str:
         """The route label when a Mount matched: the Mounts' templates, then the template of the route
         matched inside. A root_path that was there when the request reached this app is not part of
         it. A mounted app without routes of its own (StaticFiles) is labelled with its Mount's
         template; a mounted router that found no route, ours or the one this app is mounted in,
         gives ``unmatched``. (FastAPI's router leaves no ``scope["route"]`` for a Mount.)"""
+        if matched is None and not ROUTER_SETS_ROUTE:  # found by find(), Mounts included
+            return template
+        if matched is not None and not hasattr(matched, "path"):
+            matched = None  # a route without a template: FastAPI 0.137's included router, a Host
         if isinstance(matched, Mount) and matched.routes:
             return UNMATCHED_ROUTE
         added = scope.get("root_path", "")[len(root_path) :]

@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from asyncproof import monitoring
 from asyncproof.monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
+from asyncproof.monitoring.routes import ROUTER_SETS_ROUTE
 from tests.monitoring.helpers import client_for, requests_seen, series
 
 pytestmark = pytest.mark.anyio
@@ -483,15 +484,20 @@ async def test_mounts_inside_included_routers_and_hosts_carry_their_templates(tm
     app = FastAPI()
     app.include_router(router, prefix="/v1")
     app.include_router(router, prefix="/v2")
+    # FastAPI before 0.137 leaves a router's Mounts out of include_router: nothing to label there.
+    keeps_mounts = any(
+        str(getattr(route, "path", "")).startswith("/v1/sub")
+        or callable(getattr(route, "effective_route_contexts", None))
+        for route in app.routes
+    )
     app.mount("/assets", StaticFiles(directory=tmp_path))
     tenants = Router([Mount("/t/{tenant}", routes=[Route("/u/{name}", user)])])
     app.router.routes.append(Host("api.example.com", app=tenants))
     instr = monitoring.instrument(app, registry=CollectorRegistry())
+    included = [("/v1/sub/u/ann", 200), ("/v2/sub/u/bob", 200), ("/v1/static/app.css", 200)]
     async with client_for(app) as client:
         for path, status in [
-            ("/v1/sub/u/ann", 200),
-            ("/v2/sub/u/bob", 200),
-            ("/v1/static/app.css", 200),
+            *(included if keeps_mounts else []),
             ("/assets/app.css", 200),
             ("/assets/missing.css", 404),
         ]:
@@ -499,14 +505,14 @@ async def test_mounts_inside_included_routers_and_hosts_carry_their_templates(tm
         for tenant in ("acme", "globex"):
             answer = await client.get(f"/t/{tenant}/u/ann", headers={"host": "api.example.com"})
             assert answer.status_code == 200
-    assert route_counts(instr) == {
-        ("/v1/sub/u/{name}", "200"): 1,
-        ("/v2/sub/u/{name}", "200"): 1,
-        ("/v1/static", "200"): 1,
+    expected = {
         ("/assets", "200"): 1,
         ("/assets", "404"): 1,
         ("/t/{tenant}/u/{name}", "200"): 2,
     }
+    if keeps_mounts:
+        expected |= {("/v1/sub/u/{name}", "200"): 1, ("/v2/sub/u/{name}", "200"): 1, ("/v1/static", "200"): 1}
+    assert route_counts(instr) == expected
 
 
 async def test_a_router_that_fails_to_list_its_routes_does_not_lose_the_request(
@@ -522,9 +528,12 @@ async def test_a_router_that_fails_to_list_its_routes_does_not_lose_the_request(
     app = Starlette(routes=[Broken("/broken", user), Mount("/t/{tenant}", routes=[Route("/u", user)])])
     instr = monitoring.instrument(app, registry=CollectorRegistry())
     assert await statuses(app, "/t/acme/u") == [200]
-    assert route_counts(instr) == {("/u", "200"): 1}
     assert instr.registry.get_sample_value("http_server_active_requests", {"http_request_method": "GET"}) == 0
-    assert "cannot find the Mounts" in caplog.text
+    if ROUTER_SETS_ROUTE:  # the Mount's template is looked up among the routes, which fails here
+        assert route_counts(instr) == {("/u", "200"): 1}
+        assert "cannot find the Mounts" in caplog.text
+    else:  # the whole template is found by matching, which this route does not get in the way of
+        assert route_counts(instr) == {("/t/{tenant}/u", "200"): 1}
 
 
 async def test_a_middleware_added_by_hand_finds_the_mounts_through_the_lifespan() -> None:
