@@ -52,10 +52,8 @@ class SqliteLease:
                     "INSERT OR IGNORE INTO maintenance_runs (job, slot, pid, claimed_at) VALUES (?, ?, ?, ?)",
                     (job, slot, os.getpid(), time.time()),
                 )
-                # The log keeps the slots of the last day at most.
-                db.execute(
-                    "DELETE FROM maintenance_runs WHERE claimed_at < ?", (time.time() - max(ttl, 86400),)
-                )
+                # The log keeps each job's last 1,000 slots (found through the primary key).
+                db.execute("DELETE FROM maintenance_runs WHERE job = ? AND slot < ?", (job, slot - 1000))
             return cursor.rowcount == 1
         finally:
             db.close()

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from asyncproof.app.data import Items, LocalCache, ReadThrough, RedisCache, create_schema, make_engine
 from asyncproof.app.maintenance import Lease, PeriodicJob, RedisLease, SqliteLease
 from asyncproof.app.settings import Settings
+from asyncproof.app.tasks.lifecycle import lost_policy
 from asyncproof.app.tasks.runner import TaskRunner
 from asyncproof.app.tasks.store import TaskStore, open_store_for
 from asyncproof.monitoring import Instrumentation, TaskTracker, instrument_pool
@@ -30,6 +31,7 @@ class Services:
         self.runner: TaskRunner
         self.items: Items
         self.maintenance: PeriodicJob
+        self.reaper: PeriodicJob
         self.queue_tracker: TaskTracker
         self.publisher: Publisher | None
         self._lease: Lease
@@ -72,6 +74,10 @@ class Services:
         self.maintenance = PeriodicJob(
             "purge-expired-tasks", self.store.purge, self._lease, settings.maintenance_interval_seconds
         )
+        lost = lost_policy(settings)
+        self.reaper = PeriodicJob(
+            "reap-lost-tasks", lambda: self.store.reap(lost), self._lease, settings.task_reap_interval_seconds
+        )
         self.queue_tracker = TaskTracker(metrics, "celery")
         self.publisher = None
         if settings.broker_url:
@@ -79,6 +85,7 @@ class Services:
 
             self.publisher = Publisher(make_celery(settings), settings.broker_timeout_seconds)
         self._spawn(self.maintenance.run_forever())
+        self._spawn(self.reaper.run_forever())
         self._spawn(self._interrupt_on_drain(instrumentation))
         self._register_checks(instrumentation)
 

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     task_timeout_seconds: float = Field(60.0, gt=0)
     task_max_retries: int = Field(2, ge=0)
     task_retry_backoff_seconds: float = Field(0.2, ge=0)
+    # A task nobody ended (its worker was killed) is marked failed, reason worker_lost: at once when
+    # its worker's pid is gone on this host, else this long after its timeout (app/tasks/lifecycle.py).
+    task_lost_grace_seconds: float = Field(10.0, ge=0)
+    # How often one worker of the deployment looks for such tasks (under the maintenance lease).
+    task_reap_interval_seconds: float = Field(5.0, gt=0)
     executor_threads: int = Field(8, ge=1)
     process_pool_workers: int = Field(2, ge=1)
     # Celery broker of the queue style; empty: the queue endpoint answers 503.

@@ -21,6 +21,7 @@ from typing import Any
 import anyio.to_thread
 
 from asyncproof.app.settings import Settings
+from asyncproof.app.tasks.lifecycle import owner_of_this_worker
 from asyncproof.app.tasks.store import TaskRecord, TaskStore
 from asyncproof.app.work import TASK_NAME, WorkFailed, WorkRequest, run_blocking
 from asyncproof.monitoring import Metrics, TaskTracker
@@ -56,7 +57,9 @@ class TaskRunner:
         return self._processes
 
     async def create(self, style: str) -> TaskRecord:
-        record = TaskRecord(id=uuid.uuid4().hex, style=style, created_at=time.time())
+        # An in-process task is this worker's to end; the reaper ends it if this worker dies.
+        owner = owner_of_this_worker() if style in IN_PROCESS_STYLES else None
+        record = TaskRecord(id=uuid.uuid4().hex, style=style, created_at=time.time(), owner=owner)
         await self.store.create(record)
         return record
 

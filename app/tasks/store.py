@@ -3,6 +3,13 @@
 Every store evicts by age (``ttl`` seconds after creation) and by count (``max_items``, oldest first),
 so its memory stays bounded however many tasks are submitted. A record that has expired reads as
 absent even before a purge has removed it.
+
+``reap`` ends the records that nobody will end: a task whose worker was SIGKILLed, OOM-killed or lost
+with its node stays ``running`` in a shared store until something else marks it. The store applies
+the verdict of a policy (:mod:`asyncproof.app.tasks.lifecycle`) to every unfinished record, and
+only to a record that is still unfinished when it is written, so a task that ends meanwhile keeps
+its own outcome. The memory store has nothing to reap for others: its records live and die with the
+one worker that runs them (a killed worker's tasks vanish with it, and polls get 404).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel
@@ -35,14 +43,24 @@ class TaskRecord(BaseModel):
     finished_at: float | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
-    # `timeout`, `interrupted`, `error` or `retries exhausted` when failed
+    # `timeout`, `interrupted`, `error`, `retries exhausted` or `worker_lost` when failed
     reason: str | None = None
     pid: int | None = None
     attempts: int = 0
+    # "host:pid" of the web worker whose event loop runs an in-process task (not set for the queue)
+    owner: str | None = None
 
 
 # The fields an update may change.
 MUTABLE = frozenset(TaskRecord.model_fields) - {"id", "style", "created_at"}
+UNFINISHED = ("pending", "running")
+WORKER_LOST = "worker_lost"
+# A policy's verdict on an unfinished record: why it is lost (the record's error), or None.
+LostPolicy = Callable[[TaskRecord], str | None]
+
+
+def lost_changes(error: str) -> dict[str, Any]:
+    return {"status": "failed", "reason": WORKER_LOST, "error": error, "finished_at": time.time()}
 
 
 class TaskStore(Protocol):
@@ -55,6 +73,10 @@ class TaskStore(Protocol):
     async def get(self, task_id: str) -> TaskRecord | None: ...
     async def purge(self) -> int:
         """Remove expired records now; returns how many."""
+
+    async def reap(self, lost: LostPolicy) -> int:
+        """Mark failed (``worker_lost``) every unfinished record ``lost`` has a reason for; returns
+        how many."""
 
     async def count(self) -> int: ...
     async def close(self) -> None: ...
@@ -104,6 +126,17 @@ class MemoryTaskStore:
             for key in expired:
                 del self._records[key]
         return len(expired)
+
+    async def reap(self, lost: LostPolicy) -> int:
+        # Only this worker's own records: a policy finds a deadline passed at most.
+        reaped = 0
+        with self._lock:
+            for key, record in self._records.items():
+                error = lost(record) if record.status in UNFINISHED else None
+                if error is not None:
+                    self._records[key] = record.model_copy(update=lost_changes(error))
+                    reaped += 1
+        return reaped
 
     async def count(self) -> int:
         return len(self._records)
@@ -185,6 +218,32 @@ class SqliteTaskStore:
         with db:
             return db.execute("DELETE FROM tasks WHERE created_at <= ?", (time.time() - self.ttl,)).rowcount
 
+    def _reap(self, lost: LostPolicy) -> int:
+        db = self._connect()
+        unfinished = db.execute(
+            "SELECT body FROM tasks WHERE json_extract(body, '$.status') IN (?, ?)", UNFINISHED
+        ).fetchall()
+        verdicts = []
+        for (body,) in unfinished:
+            record = TaskRecord.model_validate_json(body)
+            error = lost(record)
+            if error is not None:
+                verdicts.append((record.id, error))
+        reaped = 0
+        for task_id, error in verdicts:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT body FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                if row is None:
+                    continue
+                record = TaskRecord.model_validate_json(row[0])
+                if record.status not in UNFINISHED:  # it ended meanwhile: its own outcome stands
+                    continue
+                record = record.model_copy(update=lost_changes(error))
+                db.execute("UPDATE tasks SET body = ? WHERE id = ?", (record.model_dump_json(), task_id))
+                reaped += 1
+        return reaped
+
     def _count(self) -> int:
         return int(self._connect().execute("SELECT count(*) FROM tasks").fetchone()[0])
 
@@ -203,6 +262,10 @@ class SqliteTaskStore:
         result: int = await self._run(self._purge)
         return result
 
+    async def reap(self, lost: LostPolicy) -> int:
+        result: int = await self._run(self._reap, lost)
+        return result
+
     async def count(self) -> int:
         result: int = await self._run(self._count)
         return result
@@ -216,11 +279,22 @@ class SqliteTaskStore:
 
 
 # Updates a record only if it still exists, so an update never resurrects an evicted record
-# (without its TTL).
+# (without its TTL); a record that reaches a terminal state leaves the set of unfinished ones.
 _UPDATE_IF_EXISTS = """
 local body = redis.call('GET', KEYS[1])
 if not body then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+if ARGV[2] == '1' then redis.call('SREM', KEYS[2], ARGV[3]) end
+return 1
+"""
+# The reaper's update: only while the record is still unfinished.
+_REAP_IF_UNFINISHED = """
+local body = redis.call('GET', KEYS[1])
+if not body then redis.call('SREM', KEYS[2], ARGV[2]) return 0 end
+local status = cjson.decode(body)['status']
+if status ~= 'pending' and status ~= 'running' then redis.call('SREM', KEYS[2], ARGV[2]) return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+redis.call('SREM', KEYS[2], ARGV[2])
 return 1
 """
 
@@ -237,8 +311,10 @@ class RedisTaskStore:
         self.max_items = max_items
         self.prefix = prefix
         self.index = f"{prefix}:index"
+        self.unfinished = f"{prefix}:unfinished"  # ids of records not yet success/failed
         self.client = redis.asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._update_script = self.client.register_script(_UPDATE_IF_EXISTS)
+        self._reap_script = self.client.register_script(_REAP_IF_UNFINISHED)
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}:{task_id}"
@@ -247,19 +323,26 @@ class RedisTaskStore:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(self._key(record.id), record.model_dump_json(), px=int(self.ttl * 1000))
             pipe.zadd(self.index, {record.id: record.created_at})
+            if record.status in UNFINISHED:
+                pipe.sadd(self.unfinished, record.id)
             pipe.zcard(self.index)
             *_, size = await pipe.execute()
         if size > self.max_items:
             oldest: Any = await self.client.zpopmin(self.index, size - self.max_items)
             if oldest:  # [(member, score), ...]
-                await self.client.delete(*(self._key(member.decode()) for member, _ in oldest))
+                ids = [member.decode() for member, _ in oldest]
+                await self.client.delete(*(self._key(task_id) for task_id in ids))
+                await self.client.srem(self.unfinished, *ids)
 
     async def update(self, task_id: str, **changes: Any) -> None:
         _check_changes(changes)
         record = await self.get(task_id)
         if record is not None:
-            body = record.model_copy(update=changes).model_dump_json()
-            await self._update_script(keys=[self._key(task_id)], args=[body])
+            updated = record.model_copy(update=changes)
+            ended = "1" if updated.status in TERMINAL else "0"
+            await self._update_script(
+                keys=[self._key(task_id), self.unfinished], args=[updated.model_dump_json(), ended, task_id]
+            )
 
     async def get(self, task_id: str) -> TaskRecord | None:
         body = await self.client.get(self._key(task_id))
@@ -269,6 +352,27 @@ class RedisTaskStore:
         # The records expire by themselves; their index entries go here.
         removed: int = await self.client.zremrangebyscore(self.index, "-inf", time.time() - self.ttl)
         return removed
+
+    async def reap(self, lost: LostPolicy) -> int:
+        members: Any = await self.client.smembers(self.unfinished)
+        ids = sorted(member.decode() if isinstance(member, bytes) else member for member in members)
+        reaped = 0
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            bodies = await self.client.mget([self._key(task_id) for task_id in batch])
+            for task_id, body in zip(batch, bodies, strict=True):
+                record = None if body is None else TaskRecord.model_validate_json(body)
+                if record is None or record.status not in UNFINISHED:
+                    await self.client.srem(self.unfinished, task_id)  # expired, evicted or ended
+                    continue
+                error = lost(record)
+                if error is None:
+                    continue
+                body = record.model_copy(update=lost_changes(error)).model_dump_json()
+                reaped += int(
+                    await self._reap_script(keys=[self._key(task_id), self.unfinished], args=[body, task_id])
+                )
+        return reaped
 
     async def count(self) -> int:
         size: int = await self.client.zcard(self.index)

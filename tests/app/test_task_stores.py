@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 from asyncproof.app.tasks.store import MemoryTaskStore, RedisTaskStore, SqliteTaskStore, TaskRecord, TaskStore
+from tests.services import REDIS_URL
 
 pytestmark = pytest.mark.anyio
 
@@ -140,3 +144,48 @@ async def test_redis_records_carry_a_ttl(redis_url: str) -> None:
     assert 0 < ttl_ms <= 30_000  # the update kept the TTL
     await store.client.delete(f"{prefix}:{task.id}", f"{prefix}:index")
     await store.close()
+
+
+async def test_reap_ends_only_the_unfinished_records_the_policy_names(make_store: Any) -> None:
+    store = make_store()
+    lost_running, lost_pending = record(status="running"), record(status="pending")
+    alive, done = record(status="running"), record(status="success", result={"ok": True})
+    for each in (lost_running, lost_pending, alive, done):
+        await store.create(each)
+    doomed = {lost_running.id, lost_pending.id, done.id}  # a finished record is never touched
+
+    assert await store.reap(lambda r: "its worker is gone" if r.id in doomed else None) == 2
+    for each in (lost_running, lost_pending):
+        reaped = await store.get(each.id)
+        assert reaped is not None
+        assert (reaped.status, reaped.reason, reaped.error) == ("failed", "worker_lost", "its worker is gone")
+        assert reaped.finished_at is not None
+    assert (await store.get(alive.id)).status == "running"  # type: ignore[union-attr]
+    assert (await store.get(done.id)).result == {"ok": True}  # type: ignore[union-attr]
+    assert await store.reap(lambda r: "again") == 1  # the reaped ones are finished now: only `alive`
+
+
+# The memory store reads and writes under one lock: nothing can end in between there.
+@pytest.mark.parametrize("make_store", ["sqlite", "redis"], indirect=True)
+async def test_a_record_that_ends_between_the_reapers_read_and_write_keeps_its_outcome(
+    make_store: Any,
+) -> None:
+    store = make_store()
+    racing = record(status="running")
+    await store.create(racing)
+    finished = racing.model_copy(update={"status": "success", "result": {"ok": 1}}).model_dump_json()
+
+    def lost(found: TaskRecord) -> str:
+        # The worker ends the task after the reaper read it, before the reaper writes (a second
+        # connection, as another process would).
+        if isinstance(store, SqliteTaskStore):
+            with sqlite3.connect(store.path) as db:
+                db.execute("UPDATE tasks SET body = ? WHERE id = ?", (finished, found.id))
+        else:
+            client = redis.Redis.from_url(REDIS_URL)
+            client.set(store._key(found.id), finished, keepttl=True)
+            client.close()
+        return "too late"
+
+    assert await store.reap(lost) == 0
+    assert (await store.get(racing.id)).status == "success"  # type: ignore[union-attr]

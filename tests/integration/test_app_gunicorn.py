@@ -189,3 +189,43 @@ def test_serve_refuses_bad_settings_with_a_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "ASYNCPROOF_TASK_STORE" in result.stderr
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_tasks_of_a_sigkilled_worker_end_as_worker_lost(tmp_path: Path, store: str) -> None:
+    # The task timeout is far away: only the dead owner can end the killed worker's tasks this soon.
+    settings = {"task_store": store, "task_reap_interval_seconds": "1", "task_timeout_seconds": "120"}
+    if store == "redis":
+        require_port("Redis", "127.0.0.1", 6379)
+        settings["task_store_url"] = REDIS_URL
+    with serve(tmp_path, **settings) as (url, _):
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(
+                    lambda style: fresh(
+                        "POST", f"{url}/work/{style}", json={"kind": "io", "duration_ms": 4000}
+                    ),
+                    ["executor", "process", "background-tasks"] * 6,
+                )
+            )
+        assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
+        owners = {a.json()["task_id"]: int(a.headers["x-worker-pid"]) for a in answers}
+        victim = max(set(owners.values()), key=list(owners.values()).count)
+        time.sleep(0.5)  # running
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        outcome: dict[str, dict[str, object]] = {}
+        while len(outcome) < len(owners):
+            assert time.monotonic() - killed_at < 20, {i: t["status"] for i, t in outcome.items()}
+            for task_id in set(owners) - set(outcome):
+                task = fresh("GET", f"{url}/tasks/{task_id}").json()
+                if task["status"] in {"success", "failed"}:
+                    outcome[task_id] = task | {"seconds": time.monotonic() - killed_at}
+            time.sleep(0.2)
+    for task_id, pid in owners.items():
+        task = outcome[task_id]
+        if pid == victim:
+            assert (task["status"], task["reason"]) == ("failed", "worker_lost"), task
+            assert task["seconds"] < 4, task  # the reaper's interval, not the 4 s the work would take
+        else:
+            assert task["status"] == "success", task

@@ -1,0 +1,75 @@
+"""When is an unfinished task lost? The policy the reaper applies to shared task stores.
+
+A task is normally ended by the worker that runs it: success, failure, its own timeout, or
+``interrupted`` when the worker drains. A worker that is SIGKILLed (Gunicorn's timeout, the OOM
+killer) or lost with its node ends nothing, and its tasks would stay ``running`` for ever. Two rules
+end them, whichever comes first:
+
+- **owner gone**: an in-process task records the web worker that runs it (``owner``, host and pid).
+  On the same host, a pid that no longer exists, or that belongs to a process started after the task
+  was created (the pid was reused), means the task cannot finish: it is lost at once.
+- **deadline passed**: no task may stay unfinished longer than its style allows — the task timeout
+  (which bounds the whole submission, retries included) plus ``task_lost_grace_seconds`` for an
+  in-process task; every attempt's timeout plus the grace for a queue task, whose Celery worker may
+  also redeliver it (a task the reaper ended and Celery then runs again records its real outcome).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import psutil
+
+from asyncproof.app.settings import Settings
+from asyncproof.app.tasks.store import TERMINAL, LostPolicy, TaskRecord
+
+HOST = socket.gethostname()
+
+
+def owner_of_this_worker() -> str:
+    return f"{HOST}:{os.getpid()}"
+
+
+def _gone(owner: str, created_at: float) -> bool:
+    """Whether ``owner`` ("host:pid") is a process of this host that cannot be running the task."""
+    host, _, pid = owner.rpartition(":")
+    if host != HOST or not pid.isdigit():
+        return False  # another machine's worker: only the deadline can tell
+    try:
+        process = psutil.Process(int(pid))
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        # A process younger than the task is another one that got the same pid.
+        return process.create_time() > created_at + 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # cannot be read (permissions): assume alive, the deadline still applies
+        return False
+
+
+def deadline(record: TaskRecord, settings: Settings) -> float:
+    """When ``record`` is lost at the latest if it has not ended."""
+    timeout = settings.task_timeout_seconds
+    if record.style == "queue":
+        backoff = sum(settings.task_retry_backoff_seconds * 2**n for n in range(settings.task_max_retries))
+        timeout = timeout * (settings.task_max_retries + 1) + backoff
+    return record.created_at + timeout + settings.task_lost_grace_seconds
+
+
+def lost_policy(settings: Settings) -> LostPolicy:
+    """The reaper's verdict on one record: why it is lost, or ``None`` while it may still end."""
+
+    def lost(record: TaskRecord) -> str | None:
+        if record.status in TERMINAL:
+            return None
+        if record.owner and _gone(record.owner, record.created_at):
+            pid = record.owner.rpartition(":")[2]
+            return f"the worker that ran it (pid {pid}) is gone (killed, or out of memory)"
+        if time.time() > deadline(record, settings):
+            waited = deadline(record, settings) - record.created_at
+            return f"no worker ended it within {waited:g} s of its submission"
+        return None
+
+    return lost
