@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from asyncproof.app.errors import connection_errors, unavailable
 from asyncproof.app.settings import Settings
 from asyncproof.app.sqlite import use_wal
 from asyncproof.monitoring import InstrumentedTTLCache, Metrics
@@ -68,6 +69,8 @@ def make_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_pre_ping=not url.startswith("sqlite"),
+        # asyncpg waits 60 s for a server that does not answer: a request must get its 503 sooner
+        connect_args={"timeout": settings.db_connect_timeout} if "asyncpg" in url else {},
     )
     if url.startswith("sqlite"):
 
@@ -144,9 +147,15 @@ class RedisCache:
         self.client = redis.asyncio.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         self._hits = metrics.cache_hits.labels(name)
         self._misses = metrics.cache_misses.labels(name)
+        self._errors = metrics.cache_errors.labels(name)
 
     async def get(self, key: str) -> Any | None:
-        raw = await self.client.get(self.prefix + key)
+        # An outage of the cache is not one of the service: the read falls through to the database.
+        try:
+            raw = await self.client.get(self.prefix + key)
+        except connection_errors():
+            self._errors.inc()
+            return None
         if raw is None:
             self._misses.inc()
             return None
@@ -155,7 +164,10 @@ class RedisCache:
 
     async def set(self, key: str, value: Any) -> None:
         ttl = self.ttl * (1 + random.uniform(-self.jitter, self.jitter))
-        await self.client.set(self.prefix + key, json.dumps(value), px=max(1, int(ttl * 1000)))
+        try:
+            await self.client.set(self.prefix + key, json.dumps(value), px=max(1, int(ttl * 1000)))
+        except connection_errors():
+            self._errors.inc()
 
     async def delete(self, key: str) -> None:
         await self.client.delete(self.prefix + key)
@@ -201,14 +213,14 @@ class Items:
         self.cache = cache
 
     async def create(self, data: ItemIn) -> ItemOut:
-        async with self.sessions.begin() as session:
+        async with unavailable("the database"), self.sessions.begin() as session:
             item = Item(name=data.name, description=data.description)
             session.add(item)
         return ItemOut.model_validate(item)
 
     async def get(self, item_id: int) -> ItemOut | None:
         async def load() -> dict[str, Any] | None:
-            async with self.sessions() as session:
+            async with unavailable("the database"), self.sessions() as session:
                 item = await session.get(Item, item_id)
                 return None if item is None else ItemOut.model_validate(item).model_dump(mode="json")
 
@@ -216,7 +228,7 @@ class Items:
         return None if found is None else ItemOut.model_validate(found)
 
     async def list(self, limit: int) -> list[ItemOut]:
-        async with self.sessions() as session:
+        async with unavailable("the database"), self.sessions() as session:
             rows = await session.scalars(select(Item).order_by(Item.id.desc()).limit(limit))
             return [ItemOut.model_validate(row) for row in rows]
 

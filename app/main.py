@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from asyncproof import monitoring
+from asyncproof.app import errors
 from asyncproof.app.routes import items, tasks, work
 from asyncproof.app.services import Services
 from asyncproof.app.settings import Settings
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
     )
     app.state.services = services
     app.state.settings = settings
+    errors.add_handlers(app)  # dependency outages answer 503 with Retry-After, never 500
     app.include_router(work.router)
     app.include_router(tasks.router)
     app.include_router(items.router)

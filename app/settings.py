@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(5, ge=1)
     db_max_overflow: int = Field(5, ge=0)
     db_pool_timeout: float = Field(5.0, gt=0)
+    db_connect_timeout: float = Field(2.0, gt=0)  # PostgreSQL: seconds to connect before a 503
     # Redis for the read-through cache; empty: an in-process TTL LRU cache.
     redis_url: str = ""
     cache_ttl_seconds: float = Field(30.0, gt=0)

@@ -199,6 +199,12 @@ CACHE_EVICTIONS = MetricSpec(
     "cache_evictions", "counter", "Entries removed to make room or because they expired.", ("cache",)
 )
 CACHE_SIZE = MetricSpec("cache_size_items", "gauge", "Entries held by the cache.", ("cache",))
+CACHE_ERRORS = MetricSpec(
+    "cache_errors",
+    "counter",
+    "Cache operations that failed (the backend was unreachable); reads fell through to their source.",
+    ("cache",),
+)
 
 # -- Database connection pool -----------------------------------------------------------------------
 DB_CLIENT_CONNECTIONS = MetricSpec(

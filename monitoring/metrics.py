@@ -105,6 +105,7 @@ class Metrics:
         self.cache_misses = make_metric(contract.CACHE_MISSES, r)
         self.cache_evictions = make_metric(contract.CACHE_EVICTIONS, r)
         self.cache_size = make_metric(contract.CACHE_SIZE, r)
+        self.cache_errors = make_metric(contract.CACHE_ERRORS, r)
         self.db_connections = make_metric(contract.DB_CLIENT_CONNECTIONS, r)
         self.db_connections_max = make_metric(contract.DB_CLIENT_CONNECTIONS_MAX, r)
         self.db_connection_wait = make_metric(contract.DB_CLIENT_CONNECTION_WAIT, r)

@@ -15,6 +15,7 @@ one worker that runs them (a killed worker's tasks vanish with it, and polls get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from asyncproof.app.errors import connection_errors, unavailable
 from asyncproof.app.sqlite import use_wal
 
 if TYPE_CHECKING:
@@ -299,6 +301,9 @@ return 1
 """
 
 
+REDIS_STORE = "the Redis task store"
+
+
 class RedisTaskStore:
     """Records as JSON strings with a TTL, plus a sorted set by creation time that bounds their number."""
 
@@ -320,19 +325,23 @@ class RedisTaskStore:
         return f"{self.prefix}:{task_id}"
 
     async def create(self, record: TaskRecord) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with unavailable(REDIS_STORE), self.client.pipeline(transaction=True) as pipe:
             pipe.set(self._key(record.id), record.model_dump_json(), px=int(self.ttl * 1000))
             pipe.zadd(self.index, {record.id: record.created_at})
             if record.status in UNFINISHED:
                 pipe.sadd(self.unfinished, record.id)
             pipe.zcard(self.index)
             *_, size = await pipe.execute()
-        if size > self.max_items:
-            oldest: Any = await self.client.zpopmin(self.index, size - self.max_items)
-            if oldest:  # [(member, score), ...]
-                ids = [member.decode() for member, _ in oldest]
-                await self.client.delete(*(self._key(task_id) for task_id in ids))
-                await self.client.srem(self.unfinished, *ids)
+        if size > self.max_items:  # the record is stored: trimming the oldest may wait for the next one
+            with contextlib.suppress(*connection_errors()):
+                await self._trim(size)
+
+    async def _trim(self, size: int) -> None:
+        oldest: Any = await self.client.zpopmin(self.index, size - self.max_items)
+        if oldest:  # [(member, score), ...]
+            ids = [member.decode() for member, _ in oldest]
+            await self.client.delete(*(self._key(task_id) for task_id in ids))
+            await self.client.srem(self.unfinished, *ids)
 
     async def update(self, task_id: str, **changes: Any) -> None:
         _check_changes(changes)
@@ -340,12 +349,15 @@ class RedisTaskStore:
         if record is not None:
             updated = record.model_copy(update=changes)
             ended = "1" if updated.status in TERMINAL else "0"
-            await self._update_script(
-                keys=[self._key(task_id), self.unfinished], args=[updated.model_dump_json(), ended, task_id]
-            )
+            async with unavailable(REDIS_STORE):
+                await self._update_script(
+                    keys=[self._key(task_id), self.unfinished],
+                    args=[updated.model_dump_json(), ended, task_id],
+                )
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        body = await self.client.get(self._key(task_id))
+        async with unavailable(REDIS_STORE):
+            body = await self.client.get(self._key(task_id))
         return None if body is None else TaskRecord.model_validate_json(body)
 
     async def purge(self) -> int:
