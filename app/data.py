@@ -19,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from asyncproof.app.errors import connection_errors, unavailable
 from asyncproof.app.settings import Settings
 from asyncproof.app.sqlite import use_wal
+from asyncproof.app.tasks.store import redis_resilience
 from asyncproof.monitoring import InstrumentedTTLCache, Metrics
 
 
@@ -144,7 +145,7 @@ class RedisCache:
         self.prefix = f"asyncproof:cache:{name}:"
         self.ttl = ttl
         self.jitter = jitter
-        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        self.client = redis.asyncio.Redis.from_url(url, **redis_resilience(timeout=1))
         self._hits = metrics.cache_hits.labels(name)
         self._misses = metrics.cache_misses.labels(name)
         self._errors = metrics.cache_errors.labels(name)

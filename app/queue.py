@@ -23,6 +23,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from prometheus_client import CollectorRegistry
 
+from asyncproof.app.errors import connection_errors
 from asyncproof.app.settings import Settings
 from asyncproof.app.tasks.store import TaskStore, open_store_for
 from asyncproof.app.work import TASK_NAME, QueueUnavailable, WorkFailed, WorkRequest, run_blocking
@@ -30,6 +31,8 @@ from asyncproof.monitoring import Metrics, TaskTracker
 
 TASK = "asyncproof.work"
 QUEUE = "asyncproof"
+# Times a task whose status cannot be written is handed back to the broker before it fails.
+STORE_RETRIES = 8
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -121,15 +124,30 @@ def _worker_state() -> tuple[asyncio.AbstractEventLoop, TaskStore, TaskTracker]:
 
 
 @celery_app.task(name=TASK, bind=True)
-def work_task(self: Task, task_id: str, request: dict[str, Any], submitted_at: float) -> None:
+def work_task(
+    self: Task, task_id: str, request: dict[str, Any], submitted_at: float, store_retries: int = 0
+) -> None:
     loop, store, tracker = _worker_state()
-    attempt = self.request.retries + 1
+    # Celery counts every retry; those for an unwritable status are not attempts of the work.
+    attempt = self.request.retries - store_retries + 1
     work = WorkRequest.model_validate(request)
 
     def update(**changes: Any) -> None:
         loop.run_until_complete(store.update(task_id, **changes))
 
-    update(status="running", started_at=time.time(), pid=os.getpid(), attempts=attempt)
+    try:
+        update(status="running", started_at=time.time(), pid=os.getpid(), attempts=attempt)
+    except connection_errors() as error:
+        # The task store (often the broker's Redis) is down or restarting: the task has not started,
+        # so hand it back for later rather than lose it. Not an attempt of the work.
+        if store_retries >= STORE_RETRIES:
+            raise
+        raise self.retry(
+            exc=error,
+            countdown=min(30.0, 0.5 * 2**store_retries),
+            kwargs={"store_retries": store_retries + 1},
+            max_retries=self.request.retries + 1,
+        ) from error
     try:
         with tracker.track(
             TASK_NAME, submitted_at=submitted_at, timeout=settings.task_timeout_seconds
@@ -148,11 +166,16 @@ def work_task(self: Task, task_id: str, request: dict[str, Any], submitted_at: f
         )
         return
     except WorkFailed as error:
-        if error.retryable and self.request.retries < settings.task_max_retries:
+        if error.retryable and attempt <= settings.task_max_retries:
             update(status="pending", error=str(error))
             tracker.submitted(TASK_NAME)
-            countdown = settings.task_retry_backoff_seconds * 2**self.request.retries
-            raise self.retry(countdown=countdown, args=[task_id, request, time.time() + countdown]) from error
+            countdown = settings.task_retry_backoff_seconds * 2 ** (attempt - 1)
+            raise self.retry(
+                countdown=countdown,
+                args=[task_id, request, time.time() + countdown],
+                kwargs={"store_retries": store_retries},
+                max_retries=self.request.retries + 1,
+            ) from error
         reason = "retries exhausted" if error.retryable else "error"
         update(status="failed", reason=reason, error=str(error), finished_at=time.time())
         return

@@ -304,6 +304,23 @@ return 1
 REDIS_STORE = "the Redis task store"
 
 
+def redis_resilience(timeout: float) -> dict[str, Any]:
+    """Client options for a Redis that may restart: a connection the pool kept from before the restart
+    is dropped and the command tried once more on a new one (a second failure is the outage), and
+    idle connections are checked before use."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1),
+        "retry_on_error": [ConnectionError, TimeoutError],
+        "health_check_interval": 30,
+    }
+
+
 class RedisTaskStore:
     """Records as JSON strings with a TTL, plus a sorted set by creation time that bounds their number."""
 
@@ -317,7 +334,7 @@ class RedisTaskStore:
         self.prefix = prefix
         self.index = f"{prefix}:index"
         self.unfinished = f"{prefix}:unfinished"  # ids of records not yet success/failed
-        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.client = redis.asyncio.Redis.from_url(url, **redis_resilience(timeout=2))
         self._update_script = self.client.register_script(_UPDATE_IF_EXISTS)
         self._reap_script = self.client.register_script(_REAP_IF_UNFINISHED)
 

@@ -154,3 +154,46 @@ async def test_queue_needs_a_broker_and_a_shared_store(tmp_path: Path) -> None:
         response = await client.post("/work/queue", json={"kind": "io", "duration_ms": 10})
         assert response.status_code == 503
         assert "ASYNCPROOF_TASK_STORE" in response.json()["detail"]
+
+
+async def test_tasks_accepted_as_redis_comes_back_are_run_not_lost(tmp_path: Path) -> None:
+    # One Redis of the test's own is broker and task store, as in the compose stack; it restarts
+    # (empty, as a Redis without persistence does) while the worker and the app keep running.
+    from tests.integration.test_outages import start_redis
+    from tests.processes import stop
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}"
+    shared = {"broker_url": f"{url}/3", "task_store": "redis", "task_store_url": f"{url}/2"}
+    env = {f"ASYNCPROOF_{name.upper()}": value for name, value in shared.items()}
+    env |= {"ASYNCPROOF_STATE_DIR": str(tmp_path / "state"), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")}
+    (tmp_path / "m").mkdir()
+    log = tmp_path / "redis.log"
+    server = start_redis(port, log)
+    try:
+        with running(
+            [str(BIN / "asyncproof"), "worker", "--concurrency", "2"], env=env, log=tmp_path / "w.log"
+        ):
+            settings = settings_for(tmp_path / "state", broker_timeout_seconds=1, **shared)
+            async with app_client(settings) as (client, _):
+                work = {"kind": "io", "duration_ms": 50}
+                before = (await client.post("/work/queue", json=work)).json()["task_id"]
+                assert (await wait_terminal(client, before, timeout=60))["status"] == "success"
+                stop(server)
+                await asyncio.sleep(1)
+                server = start_redis(port, log)
+                accepted: list[str] = []
+                deadline = time.monotonic() + 4
+                while time.monotonic() < deadline:  # submissions while the connections recover
+                    response = await client.post("/work/queue", json=work)
+                    assert response.status_code in {202, 503}, response.text
+                    if response.status_code == 202:
+                        accepted.append(response.json()["task_id"])
+                    await asyncio.sleep(0.1)
+                assert accepted, "nothing was accepted after Redis came back"
+                for task_id in accepted:
+                    task = await wait_terminal(client, task_id, timeout=60)
+                    assert task["status"] == "success", task
+                    assert task["attempts"] == 1, task
+    finally:
+        stop(server)
