@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from asyncproof.app.errors import connection_errors
 from asyncproof.app.settings import Settings
+from asyncproof.app.tasks.lifecycle import gave_up, may_retry, retry_delay, timed_out
 from asyncproof.app.tasks.store import TaskStore, open_store_for
 from asyncproof.app.work import TASK_NAME, QueueUnavailable, WorkFailed, WorkRequest, run_blocking
 from asyncproof.monitoring import Metrics, TaskTracker
@@ -158,26 +159,20 @@ def work_task(
                 run.outcome = "timeout"
                 raise
     except SoftTimeLimitExceeded:
-        update(
-            status="failed",
-            reason="timeout",
-            error=f"not finished within {settings.task_timeout_seconds:g} s",
-            finished_at=time.time(),
-        )
+        update(**timed_out(settings))
         return
     except WorkFailed as error:
-        if error.retryable and attempt <= settings.task_max_retries:
+        if may_retry(error, attempt, settings):
             update(status="pending", error=str(error))
             tracker.submitted(TASK_NAME)
-            countdown = settings.task_retry_backoff_seconds * 2 ** (attempt - 1)
+            countdown = retry_delay(attempt, settings)
             raise self.retry(
                 countdown=countdown,
                 args=[task_id, request, time.time() + countdown],
                 kwargs={"store_retries": store_retries},
                 max_retries=self.request.retries + 1,
             ) from error
-        reason = "retries exhausted" if error.retryable else "error"
-        update(status="failed", reason=reason, error=str(error), finished_at=time.time())
+        update(**gave_up(error))
         return
     update(status="success", result=result, error=None, finished_at=time.time())
 

@@ -1,4 +1,8 @@
-"""When is an unfinished task lost? The policy the reaper applies to shared task stores.
+"""A task's life in one place: when a failed attempt is tried again and after how long, what a
+terminal failure records, and when an unfinished task is lost (the policy the reaper applies).
+
+Every style uses it — the in-process runner (:mod:`asyncproof.app.tasks.runner`) and the Celery task
+(:mod:`asyncproof.app.queue`) — so a reason or a backoff cannot differ between them.
 
 A task is normally ended by the worker that runs it: success, failure, its own timeout, or
 ``interrupted`` when the worker drains. A worker that is SIGKILLed (Gunicorn's timeout, the OOM
@@ -19,13 +23,43 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Any
 
 import psutil
 
 from asyncproof.app.settings import Settings
 from asyncproof.app.tasks.store import TERMINAL, LostPolicy, TaskRecord
+from asyncproof.app.work import WorkFailed
 
 HOST = socket.gethostname()
+
+
+def may_retry(error: WorkFailed, attempt: int, settings: Settings) -> bool:
+    """Whether a failed ``attempt`` (1 for the first) is followed by another."""
+    return error.retryable and attempt <= settings.task_max_retries
+
+
+def retry_delay(attempt: int, settings: Settings) -> float:
+    """Seconds between a failed ``attempt`` and the next one: exponential backoff."""
+    return float(settings.task_retry_backoff_seconds * 2 ** (attempt - 1))
+
+
+def failed(reason: str, error: str) -> dict[str, Any]:
+    """The changes that end a task as failed."""
+    return {"status": "failed", "reason": reason, "error": error, "finished_at": time.time()}
+
+
+def timed_out(settings: Settings) -> dict[str, Any]:
+    return failed("timeout", f"not finished within {settings.task_timeout_seconds:g} s")
+
+
+def gave_up(error: WorkFailed) -> dict[str, Any]:
+    """A failure that is not tried again: retries exhausted, or not retryable at all."""
+    return failed("retries exhausted" if error.retryable else "error", str(error))
+
+
+def interrupted() -> dict[str, Any]:
+    return failed("interrupted", "the worker shut down before the task finished")
 
 
 def owner_of_this_worker() -> str:
@@ -53,7 +87,7 @@ def deadline(record: TaskRecord, settings: Settings) -> float:
     """When ``record`` is lost at the latest if it has not ended."""
     timeout = settings.task_timeout_seconds
     if record.style == "queue":
-        backoff = sum(settings.task_retry_backoff_seconds * 2**n for n in range(settings.task_max_retries))
+        backoff = sum(retry_delay(attempt, settings) for attempt in range(1, settings.task_max_retries + 1))
         timeout = timeout * (settings.task_max_retries + 1) + backoff
     return record.created_at + timeout + settings.task_lost_grace_seconds
 

@@ -21,7 +21,15 @@ from typing import Any
 import anyio.to_thread
 
 from asyncproof.app.settings import Settings
-from asyncproof.app.tasks.lifecycle import owner_of_this_worker
+from asyncproof.app.tasks.lifecycle import (
+    failed,
+    gave_up,
+    interrupted,
+    may_retry,
+    owner_of_this_worker,
+    retry_delay,
+    timed_out,
+)
 from asyncproof.app.tasks.store import TaskRecord, TaskStore
 from asyncproof.app.work import TASK_NAME, WorkFailed, WorkRequest, run_blocking
 from asyncproof.monitoring import Metrics, TaskTracker
@@ -82,25 +90,24 @@ class TaskRunner:
             async with asyncio.timeout(self.settings.task_timeout_seconds):
                 result, attempt = await self._with_retries(task_id, style, request, stop_at)
         except TimeoutError:
-            await self._finish(
-                task_id,
-                status="failed",
-                reason="timeout",
-                error=f"not finished within {self.settings.task_timeout_seconds:g} s",
-            )
+            await self.store.update(task_id, **timed_out(self.settings))
         except WorkFailed as error:
-            reason = "retries exhausted" if error.retryable else "error"
-            await self._finish(task_id, status="failed", reason=reason, error=str(error))
+            await self.store.update(task_id, **gave_up(error))
         except asyncio.CancelledError:
             await asyncio.shield(self.interrupt(task_id))
             raise
         except Exception as error:  # a broken process pool, an unpicklable result...
             log.exception("task %s failed", task_id)
-            await self._finish(
-                task_id, status="failed", reason="error", error=f"{type(error).__name__}: {error}"
-            )
+            await self.store.update(task_id, **failed("error", f"{type(error).__name__}: {error}"))
         else:
-            await self._finish(task_id, status="success", result=result, error=None, attempts=attempt)
+            await self.store.update(
+                task_id,
+                status="success",
+                result=result,
+                error=None,
+                attempts=attempt,
+                finished_at=time.time(),
+            )
         finally:
             self.active.pop(task_id, None)
 
@@ -112,11 +119,11 @@ class TaskRunner:
             try:
                 return await self._attempt(task_id, style, request, attempt, stop_at), attempt
             except WorkFailed as error:
-                if not error.retryable or attempt > self.settings.task_max_retries:
+                if not may_retry(error, attempt, self.settings):
                     await self.store.update(task_id, attempts=attempt)
                     raise
                 await self.store.update(task_id, status="pending", error=str(error), attempts=attempt)
-                await asyncio.sleep(self.settings.task_retry_backoff_seconds * 2 ** (attempt - 1))
+                await asyncio.sleep(retry_delay(attempt, self.settings))
                 attempt += 1
 
     async def _attempt(
@@ -163,16 +170,8 @@ class TaskRunner:
         finally:
             future.cancel()
 
-    async def _finish(self, task_id: str, **changes: Any) -> None:
-        await self.store.update(task_id, finished_at=time.time(), **changes)
-
     async def interrupt(self, task_id: str) -> None:
-        await self._finish(
-            task_id,
-            status="failed",
-            reason="interrupted",
-            error="the worker shut down before the task finished",
-        )
+        await self.store.update(task_id, **interrupted())
 
     async def shutdown(self, grace: float) -> int:
         """Give unfinished tasks ``grace`` seconds, then mark the rest interrupted; returns how many.
