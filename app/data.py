@@ -12,7 +12,6 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import DateTime, String, event, select, text
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -24,7 +23,7 @@ from asyncproof.monitoring import InstrumentedTTLCache, Metrics
 
 
 class Base(DeclarativeBase):
-    pass
+    """The models: app/migrations creates and changes their tables (a new revision per change)."""
 
 
 class Item(Base):
@@ -89,21 +88,6 @@ def make_engine(settings: Settings) -> AsyncEngine:
             cursor.close()
 
     return engine
-
-
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create the tables; several workers may race to do it at start-up."""
-    for attempt in range(5):
-        try:
-            async with engine.begin() as connection:
-                await connection.run_sync(Base.metadata.create_all)
-            return
-        except OperationalError as error:
-            if "already exists" in str(error):  # another worker created it first
-                return
-            if attempt == 4:
-                raise
-            await asyncio.sleep(0.1 * (attempt + 1))  # "database is locked": another worker is at it
 
 
 class CacheBackend(Protocol):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
-from asyncproof.app.data import Items, LocalCache, ReadThrough, RedisCache, create_schema, make_engine
+from asyncproof.app.data import Items, LocalCache, ReadThrough, RedisCache, make_engine
 from asyncproof.app.maintenance import Lease, PeriodicJob, RedisLease, SqliteLease
+from asyncproof.app.migrations import ensure_schema
 from asyncproof.app.settings import Settings
 from asyncproof.app.tasks.lifecycle import lost_policy
 from asyncproof.app.tasks.runner import TaskRunner
@@ -47,7 +47,9 @@ class Services:
 
         engine = make_engine(settings)
         instrument_pool(engine, "app", metrics)
-        await create_schema(engine)
+        # Under a server the schema was migrated before the workers started: only checked here.
+        # In-process (tests) it is migrated here, under the same lock (app/migrations).
+        await ensure_schema(engine)
         if settings.redis_url:
             backend: Any = RedisCache(
                 "items",
@@ -135,8 +137,10 @@ class Services:
         await asyncio.gather(*self._background, return_exceptions=True)
         closers = [client.aclose for client in self._check_clients]
         for close in (self.store.close, self.items.cache.backend.close, self._lease.close, *closers):
-            with contextlib.suppress(Exception):
+            try:
                 await close()
+            except Exception:  # the next ones must close all the same
+                log.exception("closing %s failed at shutdown", getattr(close, "__qualname__", close))
         await self.items.engine.dispose()
         if self.publisher is not None:
             self.publisher.close()
