@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
 from asyncproof import monitoring
 from asyncproof.app import errors
+from asyncproof.app.body_limit import BodyLimit
+from asyncproof.app.json_limits import validation_error
 from asyncproof.app.routes import items, tasks, work
 from asyncproof.app.services import Services
 from asyncproof.app.settings import Settings
@@ -64,6 +67,8 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
     app.state.services = services
     app.state.settings = settings
     errors.add_handlers(app)  # dependency outages answer 503 with Retry-After, never 500
+    # 422s quote an excerpt of the input, never the whole of it (FastAPI's own handler echoes it all)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(work.router)
     app.include_router(tasks.router)
     app.include_router(items.router)
@@ -80,6 +85,8 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
             "maintenance_runs_here": services.maintenance.runs if hasattr(services, "maintenance") else 0,
         }
 
+    # Innermost: a refused body is still answered with the pid, the request id and counted.
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(WorkerPidHeader)
     monitoring.instrument(app, registry=registry, request_id_header=settings.request_id_header or None)
     return app

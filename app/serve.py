@@ -56,6 +56,9 @@ def server_command(args: argparse.Namespace, settings: Settings) -> tuple[list[s
         *("--host", host, "--port", port, "--workers", str(settings.workers)),
         *("--timeout-graceful-shutdown", str(settings.graceful_timeout)),
         *("--timeout-keep-alive", str(settings.keepalive)),
+        # httptools with a bound on the request head (app/protocol.py), as under Gunicorn
+        *("--http", "asyncproof.app.protocol:HttpToolsProtocol"),
+        *("--h11-max-incomplete-event-size", str(settings.max_header_bytes)),
         "--no-access-log",
     ], env
 
@@ -73,6 +76,15 @@ def serve(args: argparse.Namespace) -> int:
         print(settings, file=sys.stderr)
         return 2
     argv, env = server_command(args, settings)
+    if args.server != "gunicorn":
+        # Gunicorn migrates in its on_starting hook; uvicorn --workers has none: here, before it starts.
+        from asyncproof.app.migrations import upgrade_database
+
+        try:
+            print(f"asyncproof: database schema {upgrade_database(settings)}", file=sys.stderr)
+        except RuntimeError as error:
+            print(error, file=sys.stderr)
+            return 1
     os.execve(argv[0], argv, env)
 
 

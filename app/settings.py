@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     max_requests: int = Field(10_000, ge=0)
     max_requests_jitter: int = Field(1_000, ge=0)
     preload: bool = False
+    # What one request may cost: its body in bytes (413 above it, app/body_limit.py), its request line
+    # and headers in bytes (431, app/protocol.py) and its JSON body's nesting (400, app/json_limits.py).
+    # nginx/nginx.conf refuses the same bodies and headers first. The app's own bodies are tiny.
+    max_body_bytes: int = Field(1_048_576, ge=0)
+    max_header_bytes: int = Field(16_384, ge=1_024)
+    max_json_depth: int = Field(32, ge=1)
 
     @model_validator(mode="after")
     def _grace_within_graceful_timeout(self) -> Settings:

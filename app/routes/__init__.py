@@ -18,5 +18,10 @@ def problem(status: int, description: str) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": Problem, "description": description}}
 
 
-# FastAPI answers 400 when a body cannot be decoded at all (not UTF-8), 422 when it is not valid JSON.
-UNREADABLE_BODY = problem(400, "The body could not be read")
+# FastAPI answers 400 when a body cannot be decoded at all (not UTF-8), 422 when it is not valid JSON;
+# the app answers 400 to JSON nested too deep and 413 to a body too large (app/json_limits.py,
+# app/body_limit.py).
+UNREADABLE_BODY = {
+    **problem(400, "The body could not be read, or its JSON nests deeper than ASYNCPROOF_MAX_JSON_DEPTH"),
+    **problem(413, "The body is larger than ASYNCPROOF_MAX_BODY_BYTES"),
+}

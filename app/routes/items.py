@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from asyncproof.app.data import ItemIn, ItemOut
+from asyncproof.app.json_limits import JsonLimitedRoute
 from asyncproof.app.routes import UNREADABLE_BODY, problem
 from asyncproof.app.services import ServicesDep
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(prefix="/items", tags=["items"], route_class=JsonLimitedRoute)
 
 
 @router.post("", status_code=201, responses=UNREADABLE_BODY)

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
+from asyncproof.app.json_limits import JsonLimitedRoute
 from asyncproof.app.routes import problem
 from asyncproof.app.services import ServicesDep
 from asyncproof.app.tasks.store import Status
 
-router = APIRouter(prefix="/tasks", tags=["tasks"])
+router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=JsonLimitedRoute)
 
 
 class TaskOut(BaseModel):

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from asyncproof.app.json_limits import JsonLimitedRoute
 from asyncproof.app.routes import UNREADABLE_BODY, problem
 from asyncproof.app.services import ServicesDep
 from asyncproof.app.work import (
@@ -20,7 +21,7 @@ from asyncproof.app.work import (
     run_blocking,
 )
 
-router = APIRouter(prefix="/work", tags=["work"], responses=UNREADABLE_BODY)
+router = APIRouter(prefix="/work", tags=["work"], responses=UNREADABLE_BODY, route_class=JsonLimitedRoute)
 
 
 class Accepted(BaseModel):

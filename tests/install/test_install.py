@@ -68,6 +68,7 @@ LAYERS = (
             "uvicorn_worker",
             "redis",
             "celery",
+            "alembic",
         ),
         ("asyncproof.app", "asyncproof.monitoring.db"),
     ),
