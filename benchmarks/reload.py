@@ -8,7 +8,9 @@ not a 2xx, per variant:
 
 - ``shipped``: the reference app's worker class (idle connections left to Nginx while draining,
   app/protocol.py) and Nginx's upstream ``keepalive_timeout 5s``;
-- ``stock``: ``uvicorn_worker.UvicornWorker`` and a 60 s upstream keep-alive, as before.
+- ``stock``: ``uvicorn_worker.UvicornWorker`` and a 60 s upstream keep-alive, as before;
+- ``recycling``: the shipped setup with Gunicorn's ``max_requests`` at 1,500 (jitter 150), so that
+  workers are also replaced one by one all through the run, as a long-lived deployment does.
 
     .venv/bin/python benchmarks/reload.py [--seconds 15] [--rounds 2]
 
@@ -40,6 +42,8 @@ SHIPPED_KEEPALIVE = "        keepalive_timeout 5s;\n"
 def run(variant: str, seconds: float, folder: Path) -> Counter[tuple[str, int]]:
     port = free_port()
     env = {"ASYNCPROOF_STATE_DIR": str(folder / "state"), "PROMETHEUS_MULTIPROC_DIR": str(folder / "m")}
+    if variant == "recycling":
+        env |= {"ASYNCPROOF_MAX_REQUESTS": "1500", "ASYNCPROOF_MAX_REQUESTS_JITTER": "150"}
     (folder / "m").mkdir()
     command = [str(BIN / "gunicorn"), "-c", str(ROOT / "app" / "gunicorn_conf.py")]
     command += ["-w", "2", "-b", f"127.0.0.1:{port}"]
@@ -96,14 +100,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    print(f"{'variant':8} {'round':>5} {'requests':>9} {'non-2xx':>8}  detail")
+    print(f"{'variant':9} {'round':>5} {'requests':>9} {'non-2xx':>8}  detail")
     for round_number in range(1, args.rounds + 1):
-        for variant in ("stock", "shipped"):
+        for variant in ("stock", "shipped", "recycling"):
             with tempfile.TemporaryDirectory(prefix="asyncproof-reload-") as folder:
                 outcomes = run(variant, args.seconds, Path(folder))
             total = sum(outcomes.values())
             failed = {f"{kind} {status}": n for (kind, status), n in outcomes.items() if status >= 300}
-            print(f"{variant:8} {round_number:5} {total:9} {sum(failed.values()):8}  {failed or ''}")
+            print(f"{variant:9} {round_number:5} {total:9} {sum(failed.values()):8}  {failed or ''}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager, contextmanager
 import asyncpg
 
 
-async def _admin(postgres_url: str, sql: str) -> None:
+async def run_admin_sql(postgres_url: str, sql: str) -> None:
+    """Run one statement as the administrator of the test PostgreSQL (CREATE DATABASE and the like)."""
     connection = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
     try:
         await connection.execute(sql)
@@ -27,19 +28,19 @@ def _named(postgres_url: str, prefix: str) -> tuple[str, str]:
 async def empty_database(postgres_url: str, prefix: str = "asyncproof") -> AsyncIterator[str]:
     """The SQLAlchemy URL of a new, empty database beside ``postgres_url``'s."""
     name, url = _named(postgres_url, prefix)
-    await _admin(postgres_url, f'CREATE DATABASE "{name}"')
+    await run_admin_sql(postgres_url, f'CREATE DATABASE "{name}"')
     try:
         yield url
     finally:
-        await _admin(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await run_admin_sql(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
 def empty_database_sync(postgres_url: str, prefix: str = "asyncproof") -> Iterator[str]:
     """:func:`empty_database` for tests without an event loop."""
     name, url = _named(postgres_url, prefix)
-    asyncio.run(_admin(postgres_url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(run_admin_sql(postgres_url, f'CREATE DATABASE "{name}"'))
     try:
         yield url
     finally:
-        asyncio.run(_admin(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(run_admin_sql(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -22,6 +22,7 @@ __all__ = [
     "stop",
     "wait_for",
     "wait_for_workers",
+    "write_gunicorn_config",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,3 +60,15 @@ def request_count(samples: Samples, method: str, route: str, status: int) -> flo
         ("http_route", route),
     )
     return samples.get(("http_server_request_duration_seconds_count", labels), 0.0)
+
+
+def write_gunicorn_config(folder: Path, port: int, workers: int) -> Path:
+    """A Gunicorn config as the README shows it: asyncproof's hooks, loopback, Uvicorn workers."""
+    config = folder / "gunicorn.conf.py"
+    config.write_text(
+        "from asyncproof.monitoring.gunicorn import *\n"
+        f'bind = "127.0.0.1:{port}"\n'
+        f"workers = {workers}\n"
+        'worker_class = "uvicorn_worker.UvicornWorker"\n'
+    )
+    return config

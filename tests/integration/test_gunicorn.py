@@ -16,7 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import BIN, free_port, request_count, running, scrape, wait_for, wait_for_workers
+from tests.processes import (
+    BIN,
+    free_port,
+    request_count,
+    running,
+    scrape,
+    wait_for,
+    wait_for_workers,
+    write_gunicorn_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +47,7 @@ class Server:
 def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("gunicorn")
     port = free_port()
-    config = folder / "gunicorn.conf.py"
-    config.write_text(
-        "from asyncproof.monitoring.gunicorn import *\n"
-        f'bind = "127.0.0.1:{port}"\n'
-        f"workers = {WORKERS}\n"
-        'worker_class = "uvicorn_worker.UvicornWorker"\n'
-    )
+    config = write_gunicorn_config(folder, port, WORKERS)
     metrics_dir = folder / "metrics"
     check_file = folder / "check-mode"
     check_file.write_text("ok")

@@ -1,9 +1,11 @@
-"""Redis — the cache, the task store and the broker at once — stopped for a few seconds under load, with
-the reference app under Gunicorn: no 500 at any time, 503s with a Retry-After while it is down, reads
-served from the database throughout, and the service back within 5 s of Redis."""
+"""Dependencies stopped for a few seconds under load, with the reference app under Gunicorn: Redis —
+the cache, the task store and the broker at once — and PostgreSQL. No 500 at any time, 503s with a
+Retry-After while one is down (reads served from the database throughout a cache outage), and the
+service back within 5 s of the dependency."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import threading
@@ -15,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from tests.databases import empty_database_sync, run_admin_sql
 from tests.integration.test_app_gunicorn import serve
 from tests.processes import free_port, stop
 from tests.services import unavailable
@@ -102,3 +105,54 @@ def test_a_redis_outage_under_load_answers_503s_and_no_500(tmp_path: Path) -> No
     after = [(t - up, name, status) for t, name, status, _ in outcomes if t > up + BACK_WITHIN]
     assert after
     assert all(status in {200, 202} for _, _, status in after), after
+
+
+def test_a_postgresql_outage_under_load_answers_503s_and_no_500(tmp_path: Path, postgres_url: str) -> None:
+    outcomes: list[tuple[float, str, int, str]] = []
+    done = threading.Event()
+    started = time.monotonic()
+
+    def load(base: str, name: str, method: str, path: str, body: dict[str, object] | None) -> None:
+        with httpx.Client(base_url=base, timeout=15) as http:
+            while not done.is_set():
+                response = http.request(method, path, json=body)
+                now = time.monotonic() - started
+                outcomes.append((now, name, response.status_code, response.headers.get("retry-after", "")))
+                time.sleep(0.05)
+
+    def admin(sql: str) -> None:
+        asyncio.run(run_admin_sql(postgres_url, sql))
+
+    with empty_database_sync(postgres_url, "asyncproof_outage") as url:
+        name = url.rsplit("/", 1)[1]
+        with serve(tmp_path, database_url=url) as (base, _):
+            requests = [
+                ("create", "POST", "/items", {"name": "load"}),
+                ("list", "GET", "/items?limit=5", None),
+            ]
+            with ThreadPoolExecutor(len(requests)) as pool:
+                clients = [pool.submit(load, base, *request) for request in requests]
+                try:
+                    time.sleep(2)
+                    # The database stops taking connections and drops the ones it has, as in a restart.
+                    admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                    admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+                    down = time.monotonic() - started
+                    time.sleep(DOWN_SECONDS)
+                    admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                    up = time.monotonic() - started
+                    time.sleep(BACK_WITHIN + 2)
+                finally:
+                    done.set()
+                    admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                for each in clients:
+                    each.result()
+
+    statuses = {status for _, _, status, _ in outcomes}
+    assert statuses <= {200, 201, 503}, sorted(statuses)  # never a 500
+    assert all(retry == "5" for _, _, status, retry in outcomes if status == 503)
+    during = [(name, status) for t, name, status, _ in outcomes if down + 0.5 < t < up]
+    assert {name for name, status in during if status == 503} == {"create", "list"}, during
+    after = [(t - up, name, status) for t, name, status, _ in outcomes if t > up + BACK_WITHIN]
+    assert after
+    assert all(status in {200, 201} for _, _, status in after), after

@@ -20,7 +20,17 @@ import pytest
 
 from asyncproof.monitoring.contract import UNMATCHED_ROUTE
 from tests.integration.test_gunicorn import SETTLE, send
-from tests.processes import BIN, ROOT, Samples, free_port, running, scrape, wait_for, wait_for_workers
+from tests.processes import (
+    BIN,
+    ROOT,
+    Samples,
+    free_port,
+    running,
+    scrape,
+    wait_for,
+    wait_for_workers,
+    write_gunicorn_config,
+)
 from tests.services import unavailable
 
 pytestmark = pytest.mark.integration
@@ -30,14 +40,7 @@ WORKERS = 2
 
 
 def gunicorn_config(port: int, folder: Path) -> list[str]:
-    config = folder / "gunicorn.conf.py"
-    config.write_text(
-        "from asyncproof.monitoring.gunicorn import *\n"
-        f'bind = "127.0.0.1:{port}"\n'
-        f"workers = {WORKERS}\n"
-        'worker_class = "uvicorn_worker.UvicornWorker"\n'
-    )
-    return ["-c", str(config), APP]
+    return ["-c", str(write_gunicorn_config(folder, port, WORKERS)), APP]
 
 
 @dataclass(frozen=True)
