@@ -46,6 +46,27 @@ def start_redis(port: int, log: Path) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
 
 
+class Load:
+    """Clients that each repeat one request until ``done`` is set; ``outcomes`` holds (seconds since
+    the start, request name, status, Retry-After) of every answer."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[float, str, int, str]] = []
+        self.done = threading.Event()
+        self.started = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def client(self, base: str, name: str, method: str, path: str, body: dict[str, object] | None) -> None:
+        with httpx.Client(base_url=base, timeout=15) as http:
+            while not self.done.is_set():
+                response = http.request(method, path, json=body)
+                retry_after = response.headers.get("retry-after", "")
+                self.outcomes.append((self.now(), name, response.status_code, retry_after))
+                time.sleep(0.05)
+
+
 def test_a_redis_outage_under_load_answers_503s_and_no_500(tmp_path: Path) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}"
@@ -56,17 +77,7 @@ def test_a_redis_outage_under_load_answers_503s_and_no_500(tmp_path: Path) -> No
         "broker_url": f"{url}/3",
         "broker_timeout_seconds": "1",
     }
-    outcomes: list[tuple[float, str, int, str]] = []  # (seconds since start, request, status, Retry-After)
-    done = threading.Event()
-    started = time.monotonic()
-
-    def load(base: str, name: str, method: str, path: str, body: dict[str, object] | None) -> None:
-        with httpx.Client(base_url=base, timeout=15) as http:
-            while not done.is_set():
-                response = http.request(method, path, json=body)
-                now = time.monotonic() - started
-                outcomes.append((now, name, response.status_code, response.headers.get("retry-after", "")))
-                time.sleep(0.05)
+    load = Load()
 
     log = tmp_path / "redis.log"
     server_redis = start_redis(port, log)
@@ -80,45 +91,35 @@ def test_a_redis_outage_under_load_answers_503s_and_no_500(tmp_path: Path) -> No
                 ("queue", "POST", "/work/queue", work),
             ]
             with ThreadPoolExecutor(len(requests)) as pool:
-                clients = [pool.submit(load, base, *request) for request in requests]
+                clients = [pool.submit(load.client, base, *request) for request in requests]
                 try:
                     time.sleep(2)
                     stop(server_redis)
-                    down = time.monotonic() - started
+                    down = load.now()
                     time.sleep(DOWN_SECONDS)
                     server_redis = start_redis(port, log)
-                    up = time.monotonic() - started
+                    up = load.now()
                     time.sleep(BACK_WITHIN + 2)
                 finally:
-                    done.set()
+                    load.done.set()
                 for each in clients:
                     each.result()
     finally:
         stop(server_redis)
 
-    statuses = {status for _, _, status, _ in outcomes}
+    statuses = {status for _, _, status, _ in load.outcomes}
     assert statuses <= {200, 201, 202, 503}, sorted(statuses)  # never a 500
-    assert all(retry == "5" for _, _, status, retry in outcomes if status == 503)
-    during = [(name, status) for t, name, status, _ in outcomes if down + 0.5 < t < up]
+    assert all(retry == "5" for _, _, status, retry in load.outcomes if status == 503)
+    during = [(name, status) for t, name, status, _ in load.outcomes if down + 0.5 < t < up]
     assert {name for name, status in during if status == 503} == {"executor", "queue"}, during
     assert {status for name, status in during if name == "read"} == {200}  # the cache's outage is not ours
-    after = [(t - up, name, status) for t, name, status, _ in outcomes if t > up + BACK_WITHIN]
+    after = [(t - up, name, status) for t, name, status, _ in load.outcomes if t > up + BACK_WITHIN]
     assert after
     assert all(status in {200, 202} for _, _, status in after), after
 
 
 def test_a_postgresql_outage_under_load_answers_503s_and_no_500(tmp_path: Path, postgres_url: str) -> None:
-    outcomes: list[tuple[float, str, int, str]] = []
-    done = threading.Event()
-    started = time.monotonic()
-
-    def load(base: str, name: str, method: str, path: str, body: dict[str, object] | None) -> None:
-        with httpx.Client(base_url=base, timeout=15) as http:
-            while not done.is_set():
-                response = http.request(method, path, json=body)
-                now = time.monotonic() - started
-                outcomes.append((now, name, response.status_code, response.headers.get("retry-after", "")))
-                time.sleep(0.05)
+    load = Load()
 
     def admin(sql: str) -> None:
         asyncio.run(run_admin_sql(postgres_url, sql))
@@ -131,28 +132,28 @@ def test_a_postgresql_outage_under_load_answers_503s_and_no_500(tmp_path: Path, 
                 ("list", "GET", "/items?limit=5", None),
             ]
             with ThreadPoolExecutor(len(requests)) as pool:
-                clients = [pool.submit(load, base, *request) for request in requests]
+                clients = [pool.submit(load.client, base, *request) for request in requests]
                 try:
                     time.sleep(2)
                     # The database stops taking connections and drops the ones it has, as in a restart.
                     admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
                     admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-                    down = time.monotonic() - started
+                    down = load.now()
                     time.sleep(DOWN_SECONDS)
                     admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-                    up = time.monotonic() - started
+                    up = load.now()
                     time.sleep(BACK_WITHIN + 2)
                 finally:
-                    done.set()
+                    load.done.set()
                     admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
                 for each in clients:
                     each.result()
 
-    statuses = {status for _, _, status, _ in outcomes}
+    statuses = {status for _, _, status, _ in load.outcomes}
     assert statuses <= {200, 201, 503}, sorted(statuses)  # never a 500
-    assert all(retry == "5" for _, _, status, retry in outcomes if status == 503)
-    during = [(name, status) for t, name, status, _ in outcomes if down + 0.5 < t < up]
+    assert all(retry == "5" for _, _, status, retry in load.outcomes if status == 503)
+    during = [(name, status) for t, name, status, _ in load.outcomes if down + 0.5 < t < up]
     assert {name for name, status in during if status == 503} == {"create", "list"}, during
-    after = [(t - up, name, status) for t, name, status, _ in outcomes if t > up + BACK_WITHIN]
+    after = [(t - up, name, status) for t, name, status, _ in load.outcomes if t > up + BACK_WITHIN]
     assert after
     assert all(status in {200, 201} for _, _, status in after), after
