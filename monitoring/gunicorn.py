@@ -13,6 +13,11 @@ Importing this module points ``PROMETHEUS_MULTIPROC_DIR`` at a private folder wh
 folder, ``child_exit`` retires each dead worker: its live gauges go, its counts are folded into an
 archive so scrapes stay as fast after 500 restarts as at the start. A config that defines one of these
 hooks itself should call the one here from it.
+
+With ``instrument(app, metrics_port=...)``, ``/metrics`` is answered on that port by one exposition
+process per deployment, outside the workers; the workers start it and keep it running, and it exits
+with the master (:mod:`asyncproof.monitoring.exposition_process`): no hook here, so that it works the
+same under ``uvicorn --workers``.
 """
 
 from __future__ import annotations

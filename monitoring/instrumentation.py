@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from asyncproof.monitoring.exposition import Exposition, MetricsServer
+from asyncproof.monitoring.exposition_process import ExpositionKeeper
 from asyncproof.monitoring.health import Health, HealthReport
 from asyncproof.monitoring.metrics import Metrics
 from asyncproof.monitoring.middleware import InstrumentationMiddleware, RequestIdMiddleware
@@ -76,6 +78,7 @@ class Instrumentation:
         )
         self.exposition = Exposition(self.registry, self.multiprocess_dir)
         self.metrics_server: MetricsServer | None = None
+        self.exposition_keeper: ExpositionKeeper | None = None
         self._previous_sigterm: Any = None
 
     def _record_health(self, report: HealthReport) -> None:
@@ -109,14 +112,26 @@ class Instrumentation:
         """Start the runtime sampler (and the metrics port); the middleware calls this at lifespan startup."""
         self.health.shutting_down = False
         self.sampler.start()
-        if self.metrics_port is not None and self.metrics_server is None:
-            self.metrics_server = MetricsServer(
-                self.exposition,
-                self.options.metrics_host,
-                self.metrics_port,
-                before_render=self.recorder.flush,
-            )
+        if self.metrics_port is not None:
+            await self._start_metrics_port(self.metrics_port)
         self._chain_sigterm()
+
+    async def _start_metrics_port(self, port: int) -> None:
+        host = self.options.metrics_host
+        if self.multiprocess_dir:
+            # One exposition process per deployment answers the port, never a serving worker; each
+            # worker keeps it running (asyncproof.monitoring.exposition_process).
+            if self.exposition_keeper is None:
+                self.exposition_keeper = ExpositionKeeper(
+                    self.multiprocess_dir, host, port, interval=self.options.report_interval
+                )
+                self.exposition_keeper.start()
+                # Serve once the port does (or this deployment knows why it cannot).
+                await asyncio.to_thread(self.exposition_keeper.wait_checked)
+        elif self.metrics_server is None:
+            self.metrics_server = MetricsServer(
+                self.exposition, host, port, before_render=self.recorder.flush
+            )
 
     async def stop(self) -> None:
         """Stop what :meth:`start` started and flush what is buffered."""
@@ -125,6 +140,10 @@ class Instrumentation:
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
+        if self.exposition_keeper is not None:
+            # off the loop: the keeper's thread may be busy starting the exposition process
+            await asyncio.to_thread(self.exposition_keeper.stop)
+            self.exposition_keeper = None
         if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None

@@ -84,12 +84,21 @@ class Metrics:
         self.registry = registry
         self.http_buckets = buckets
         self.http_labels = labels
-        self.multiprocess = multiprocess_dir() is not None
+        folder = multiprocess_dir()
+        self.multiprocess = folder is not None
         r = self.registry
-        self.http_duration = make_metric(
-            contract.HTTP_SERVER_REQUEST_DURATION, r, extra_labels=labels, buckets=buckets
-        )
         self.http_active = make_metric(contract.HTTP_SERVER_ACTIVE_REQUESTS, r)
+        # The request histogram is the recorder's own storage (shared memory, see
+        # monitoring.recorder); one per registry, so the in-flight counts are not set by two.
+        self.http_recorder = HttpRecorder(
+            contract.HTTP_SERVER_REQUEST_DURATION,
+            self.http_active,
+            buckets=buckets,
+            extra_labels=labels,
+            multiprocess_dir=folder,
+        )
+        if folder is None:
+            r.register(self.http_recorder)  # in multiprocess mode the scrape reads its file
         self.loop_lag = make_metric(contract.ASYNCIO_EVENT_LOOP_LAG, r)
         self.threadpool_borrowed = make_metric(contract.ANYIO_THREADPOOL_BORROWED, r)
         self.threadpool_total = make_metric(contract.ANYIO_THREADPOOL_TOTAL, r)
@@ -121,6 +130,8 @@ class Metrics:
                 if spec.per_process and spec is not contract.ASYNCIO_EVENT_LOOP_LAG_MAX:
                     gauge_spec = MetricSpec(spec.exposed_name, "gauge", spec.help, gauge_mode="liveall")
                     self.per_process_gauges[spec.exposed_name] = make_metric(gauge_spec, None)
-        # One recorder per registry too: the in-flight gauge is set from its counts, which two
-        # recorders would overwrite in turn.
-        self.http_recorder = HttpRecorder(self.http_duration, self.http_active)
+        # The lag sampler's heartbeat (when its next tick is due), kept out of the registry too: the
+        # exposition turns an overdue one into the stuck worker's lag max and never exports it.
+        from asyncproof.monitoring.exposition_process import HEARTBEAT
+
+        self.loop_heartbeat = make_metric(HEARTBEAT, None)

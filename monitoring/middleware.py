@@ -1,9 +1,9 @@
 """Pure ASGI middleware: RED metrics, the built-in endpoints, the lifespan hooks; request ids apart.
 
 The metrics path keeps to what a request cannot avoid: two clock reads, one small object whose bound
-methods wrap ``send`` and ``receive``, one count of the request's start and one duration appended to
-the recorder's list for its label set (see :mod:`monitoring.recorder`). Measured under Valgrind, each
-of these is a few hundred instructions; a bare FastAPI request is about 400,000.
+methods wrap ``send`` and ``receive``, one append of the request's method (for the in-flight gauge)
+and two additions to its series in shared memory (see :mod:`monitoring.recorder`). Measured under
+Valgrind, each of these is a few hundred instructions; a bare FastAPI request is about 400,000.
 Request ids and Server-Timing are a second middleware, outside this one, added only when asked for:
 they cost more than all of the above together (see the README's figures).
 ``/metrics`` and the health endpoints are answered here, from a dict keyed by path, rather than by
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_left
 from collections.abc import Awaitable, Iterable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from asyncproof.monitoring.contract import CLIENT_CLOSED_REQUEST, OTHER_METHOD, UNMATCHED_ROUTE
 from asyncproof.monitoring.options import OTHER_VALUE
@@ -38,7 +39,8 @@ class _Exchange:
     A small object and two bound methods cost fewer allocations per request than closures over the
     same state (a function object each, plus a cell per captured variable). The defaults live on
     the class, so that a new exchange only needs the server's two callables (set by the caller: an
-    ``__init__`` would be one more Python call per request).
+    ``__init__`` would be one more Python call per request, and keywords to a C-level one, such as
+    SimpleNamespace's, cost twice as long as the two stores).
     """
 
     status = 0  # from http.response.start; 0 until then
@@ -118,17 +120,18 @@ class InstrumentationMiddleware:
         self.instrumentation = instrumentation
         options = instrumentation.options
         self.recorder: HttpRecorder = instrumentation.recorder
-        self.started = self.recorder.started
+        self.starts = self.recorder.started.append  # the in-flight count: one C-level call per request
+        self.series = self.recorder.series
+        self.bounds = self.recorder.bounds
         self.access_log = options.access_log
         self.extra = tuple(options.extra_labels) or None
-        self.plain = self.extra is None and not self.access_log  # one check per request for both
         self.foreground = not options.background_tasks_in_flight
-        # The exchange class per method: _Exchange, or one that knows its method and counts the
-        # response's end (so nothing per request has to check which).
-        self.exchanges: dict[str, type[_Exchange]] = dict.fromkeys(self.started, _Exchange)
-        self.pending = self.recorder.pending
+        # one check per request for all three
+        self.plain = self.extra is None and not self.access_log and not self.foreground
+        # The exchange class per method (its keys are the methods we label): _Exchange, or one that
+        # knows its method and counts the response's end (so nothing per request has to check which).
+        self.exchanges: dict[str, type[_Exchange]] = dict.fromkeys(self.recorder.responded, _Exchange)
         if self.foreground:
-            self.pending = self.recorder.pending_foreground
             responded = self.recorder.responded
             for method in self.exchanges:
                 attributes = {"responded": responded, "method": method}
@@ -150,8 +153,8 @@ class InstrumentationMiddleware:
                 await self.app(scope, receive, send)
             return
         app = self.app
-        root_path = scope.get("root_path", "")  # set by the server (behind a proxy) or an outer Mount
-        if scope["path"] in self.special or (root_path and route_path(scope) in self.special):
+        # root_path: set by the server (behind a proxy) or an outer Mount
+        if scope["path"] in self.special or (scope.get("root_path") and route_path(scope) in self.special):
             path = route_path(scope)
             endpoint = self.endpoints.get(path)  # a built-in endpoint sets scope["route"]
             owned = endpoint is not None and self.routes.app_owns(
@@ -167,13 +170,13 @@ class InstrumentationMiddleware:
         # what a request pays for (see benchmarks/overhead.py).
         method = scope["method"]
         try:
-            self.started[method] += 1  # the standard methods are its keys
-        except KeyError:
+            exchange = self.exchanges[method]()
+        except KeyError:  # not a standard method
             method = OTHER_METHOD
-            self.started[method] += 1
-        exchange = self.exchanges[method]()
+            exchange = self.exchanges[method]()
         exchange.server_send = send
         exchange.server_receive = receive
+        self.starts(method)
         start = perf_counter()
         try:
             await app(scope, exchange.receive, exchange.send)
@@ -182,42 +185,51 @@ class InstrumentationMiddleware:
                 exchange.status = 500
             raise
         finally:
-            status = exchange.status
-            finished = exchange.finished
-            if not finished:
-                finished = perf_counter()
+            if not exchange.finished:
+                exchange.finished = perf_counter()
                 exchange.close()
-                if not status:  # the app returned without starting a response
-                    status = 500
+                if not exchange.status:  # the app returned without starting a response
+                    exchange.status = 500
             if exchange.disconnected:  # the client left before the response was complete, as nginx's 499
-                status = CLIENT_CLOSED_REQUEST
+                exchange.status = CLIENT_CLOSED_REQUEST
+            seconds = exchange.finished - start
             try:  # a fault of ours must not reach the server: the response is the app's
-                matched: Any = scope.get("route")
                 try:
-                    route = matched.path  # the matched route's template, never the raw path
-                except AttributeError:  # no route matched, or one without a template (Host)
-                    route = UNMATCHED_ROUTE
-                    if matched is None and not ROUTER_SETS_ROUTE:  # Starlette before 1.7
-                        route = self.routes.find(scope, root_path)
+                    route = scope["route"].path  # the matched route's template, never the raw path
+                except (KeyError, AttributeError):  # no route matched, or one without a template (Host)
+                    route = self._unmatched(scope)
                 else:
                     if scope.get("fastapi"):  # FastAPI's per-request state: set for included routers
-                        route = included_route(scope["fastapi"], matched, route)
+                        route = included_route(scope["fastapi"], scope["route"], route)
                 if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
-                    route = self.routes.mounted(scope, matched, route, root_path)
+                    route = self.routes.mounted(scope, scope.get("route"), route, scope["app_root_path"])
                 if self.plain:
-                    self.pending[method, route, status].append(finished - start)
-                else:  # extra labels, or the access log
-                    self._record(scope, method, route, status, finished - start)
+                    # recorder.record(), inlined: the bucket's count and the sum, in shared memory
+                    series = self.series[method, route, exchange.status]
+                    series[bisect_left(self.bounds, seconds)] += 1.0
+                    series[-1] += seconds
+                else:  # extra labels, the access log, or BackgroundTasks out of flight
+                    self._record(scope, method, route, exchange.status, seconds)
             except Exception as error:
-                self._fault(error, method, status, finished - start)
+                self._fault(error, method, exchange.status, seconds)
+
+    def _unmatched(self, scope: Scope) -> str:
+        if scope.get("route") is None and not ROUTER_SETS_ROUTE:  # Starlette before 1.7
+            return self.routes.find(scope, scope.get("root_path", ""))
+        return UNMATCHED_ROUTE
 
     def _record(self, scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
         if self.extra is None:
-            self.pending[method, route, status].append(seconds)
+            self.recorder.record((method, route, status), seconds)
         else:
-            self.pending[(method, route, status, *[label(scope) for label in self.extra])].append(seconds)
+            self.recorder.record((method, route, status, *[label(scope) for label in self.extra]), seconds)
+        if self.foreground:
+            self.recorder.foreground_recorded[method] += 1
         if self.access_log:
-            self._log_access(scope, method, route, status, seconds)
+            try:  # the request is counted: a failing log line must not count it again as a fault
+                self._log_access(scope, method, route, status, seconds)
+            except Exception:
+                log.exception("asyncproof could not write an access log line")
 
     def _fault(self, error: Exception, method: str, status: int, seconds: float) -> None:
         """A fault while labelling or recording: logged once per distinct error, and the request
@@ -228,12 +240,14 @@ class InstrumentationMiddleware:
             log.error("asyncproof could not record a request; counted as unmatched", exc_info=error)
         key = (method, UNMATCHED_ROUTE, status, *(OTHER_VALUE for _ in self.extra or ()))
         try:
-            self.pending[key].append(seconds)
-        except Exception:
-            try:
-                self.recorder.observe_now(key, seconds, foreground=self.foreground)
-            except Exception:
-                log.debug("the request could not be counted either", exc_info=True)
+            self.recorder.record(key, seconds)
+            if self.foreground:
+                self.recorder.foreground_recorded[method] += 1
+        except Exception as second:
+            uncounted = (type(second).__name__, "uncounted")
+            if uncounted not in self._faults:  # once per kind of error
+                self._faults.add(uncounted)
+                log.warning("asyncproof could not count a request at all: %s", second)
 
     def _log_access(self, scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
         client = scope.get("client")

@@ -83,7 +83,8 @@ class Options:
     """Liveness at ``{health_path}/live``, readiness at ``{health_path}/ready``, the document at
     ``health_path``. A route of the app at one of these paths wins over ours (and is logged)."""
     metrics_port: int | None = None
-    """Serve ``/metrics`` on this port (a thread per worker) instead of the app's port."""
+    """Serve ``/metrics`` on this port instead of the app's: in multiprocess mode from one exposition
+    process per deployment, outside the serving workers; otherwise from a thread of this process."""
     metrics_host: str = "0.0.0.0"
     exclude_paths: Iterable[str] | None = None
     """Paths not recorded; ``None``: our own endpoints."""
@@ -103,6 +104,8 @@ class Options:
     worker is busy with them), or only until its response is sent (``False``)."""
     loop_lag_interval: float = 0.1
     flush_interval: float = 0.5
+    """How often ``http_server_active_requests`` is brought up to date (the request histogram is
+    always current)."""
     report_interval: float = 1.0
     excluded: frozenset[str] = field(init=False)
     patterns: tuple[re.Pattern[str], ...] = field(init=False)
@@ -112,7 +115,7 @@ class Options:
             if not path.startswith("/") or path.endswith("/"):
                 raise ValueError(f"{name} must start with '/' and not end with one, got {path!r}")
         if not 0 < self.flush_interval <= 1:
-            raise ValueError("flush_interval must be in (0, 1] seconds: a scrape must show requests 1 s old")
+            raise ValueError("flush_interval must be in (0, 1] seconds: the in-flight gauge must be current")
         if self.buckets is not None:
             bounds = [float(b) for b in self.buckets]
             if not bounds or bounds != sorted(set(bounds)) or bounds[0] <= 0:

@@ -201,6 +201,19 @@ class RouteLabels:
             found = None
         return found if isinstance(found, str) else UNMATCHED_ROUTE
 
+    def _mount_chain(self, added: str) -> tuple[str, Mount] | None:
+        if added in self._mount_chains:
+            return self._mount_chains[added]
+        try:
+            found = _mount_chain(getattr(self.app, "routes", ()), added) if added else None
+        except Exception:  # a router of another make: its request must still be counted
+            log.exception("cannot find the Mounts of %r among the app's routes", added)
+            found = None
+        if len(self._mount_chains) >= 1024:  # raw prefixes carry path parameters: keep it bounded
+            self._mount_chains.clear()
+        self._mount_chains[added] = found
+        return found
+
     def mounted(self, scope: Scope, matched: Any, template: str, root_path: str) -> str:
         """The route label when a Mount matched: the Mounts' templates, then the template of the route
         matched inside. A root_path that was there when the request reached this app is not part of
@@ -213,23 +226,19 @@ class RouteLabels:
             matched = None  # a route without a template: FastAPI 0.137's included router, a Host
         if isinstance(matched, Mount) and matched.routes:
             return UNMATCHED_ROUTE
-        added = scope.get("root_path", "")[len(root_path) :]
-        if added in self._mount_chains:
-            found = self._mount_chains[added]
-        elif self.app is None:  # composed by hand, no lifespan run yet: the raw prefix
+        full = scope.get("root_path", "")
+        added = full[len(root_path) :] if full.startswith(root_path) else full
+        if self.app is None:  # composed by hand, no lifespan run yet: the raw prefix
             if isinstance(matched, Mount):
                 return added or "/"
             bad = template is UNMATCHED_ROUTE or not isinstance(template, str)
             return UNMATCHED_ROUTE if bad else added + template
-        else:
-            try:
-                found = _mount_chain(getattr(self.app, "routes", ()), added) if added else None
-            except Exception:  # a router of another make: its request must still be counted
-                log.exception("cannot find the Mounts of %r among the app's routes", added)
-                found = None
-            if len(self._mount_chains) >= 1024:  # raw prefixes carry path parameters: keep it bounded
-                self._mount_chains.clear()
-            self._mount_chains[added] = found
+        found = self._mount_chain(added)
+        # The middleware passes the root_path Starlette's first Mount saw (app_root_path); when this
+        # app is itself mounted in another, the outer Mounts' part of it comes first: drop it.
+        while found is None and "/" in added[1:]:
+            added = added[added.index("/", 1) :]
+            found = self._mount_chain(added)
         if found is None:  # no Mount of this app: the root_path came from outside
             return template if isinstance(template, str) else UNMATCHED_ROUTE
         prefix, mount = found

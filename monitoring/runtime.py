@@ -2,7 +2,7 @@
 
 One light task per worker wakes every ``interval`` seconds. How late it wakes is the event-loop lag
 (asyncio API only, so uvloop works too). On the same tick it samples AnyIO's default thread limiter
-(which only the loop's own thread may read), flushes buffered HTTP observations, and, in multiprocess
+(which only the loop's own thread may read), updates the in-flight request gauge, and, in multiprocess
 mode, writes this worker's process metrics and retires dead workers. Nothing here blocks: psutil reads
 ``/proc`` and CPU utilisation is measured between two ticks, never with ``cpu_percent(interval=...)``.
 """
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -107,10 +108,11 @@ class RuntimeSampler:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self.metrics.loop_heartbeat.set(0)  # no tick due: a stopped sampler is not a stall
         self.sample_now()
 
     def sample_now(self) -> None:
-        """Flush HTTP observations and read the threadpool; in the loop, right before a scrape."""
+        """Update the in-flight gauge and read the threadpool; in the loop, right before a scrape."""
         self.recorder.flush()
         self.sample_threadpool()
 
@@ -130,14 +132,24 @@ class RuntimeSampler:
             return
         for name, value in process_stats(self._process).items():
             self.metrics.per_process_gauges[name].set(value)
-        sweep(self.multiprocess_dir)
+        sweep(self.multiprocess_dir, wait=False)  # never wait on the loop for a scrape to end
 
     async def _run(self) -> None:
+        try:
+            await self._ticks()
+        finally:  # cancelled, or failed where it should not: a heartbeat left behind is no stall
+            self.metrics.loop_heartbeat.set(0)
+
+    async def _ticks(self) -> None:
         loop = asyncio.get_running_loop()
         lag_histogram: Any = self.metrics.loop_lag
+        heartbeat: Any = self.metrics.loop_heartbeat
         next_flush = next_report = loop.time()
         while True:
             expected = loop.time() + self.interval
+            # When this tick is due: a scrape that finds it overdue knows the loop is stuck, and for
+            # how long, before the stall ends and the lag can be measured here.
+            heartbeat.set(time.monotonic() + self.interval)
             await asyncio.sleep(self.interval)
             now = loop.time()
             lag = max(0.0, now - expected)
@@ -153,4 +165,5 @@ class RuntimeSampler:
                     next_report = now + self.report_interval
             except Exception:  # a metrics hiccup must never kill the sampler (or the worker)
                 logger.exception("runtime sampler tick failed in pid %d", os.getpid())
+                heartbeat.set(time.monotonic() + min(1.0, self.report_interval))
                 await asyncio.sleep(min(1.0, self.report_interval))

@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from asyncproof import monitoring
 from asyncproof.monitoring import routes as route_labels
 from asyncproof.monitoring.contract import UNMATCHED_ROUTE
-from asyncproof.monitoring.recorder import HttpRecorder, _Pending
+from asyncproof.monitoring.recorder import HttpRecorder, _Series
 from asyncproof.monitoring.runtime import RuntimeSampler
 from tests.monitoring.helpers import client_for, requests_seen
 
@@ -230,9 +230,18 @@ async def test_a_fault_in_route_labelling_keeps_the_response_and_counts_it_unmat
     assert len(logged) == 1  # once per distinct error
 
 
-async def test_a_fault_in_recording_falls_back_to_counting_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_fault_in_recording_falls_back_to_counting_as_unmatched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     app, instr = fault_app()
-    monkeypatch.setattr(_Pending, "__missing__", boom)
+    add_series = _Series.__missing__
+
+    def fail_for_routes(series: _Series, key: tuple[object, ...]) -> object:
+        if key[1] != UNMATCHED_ROUTE:
+            raise RuntimeError("boom")
+        return add_series(series, key)
+
+    monkeypatch.setattr(_Series, "__missing__", fail_for_routes)
     async with client_for(app) as client:
         response = await client.get("/plain")
         assert (response.status_code, response.content) == (201, b"\x00exact bytes\xff")
