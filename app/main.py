@@ -88,7 +88,13 @@ def create_app(settings: Settings | None = None, *, registry: CollectorRegistry 
     # Innermost: a refused body is still answered with the pid, the request id and counted.
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(WorkerPidHeader)
-    monitoring.instrument(app, registry=registry, request_id_header=settings.request_id_header or None)
+    monitoring.instrument(
+        app,
+        registry=registry,
+        request_id_header=settings.request_id_header or None,
+        metrics_port=settings.metrics_port or None,
+        metrics_host=settings.metrics_host,
+    )
     return app
 
 

@@ -42,6 +42,7 @@ def server_command(args: argparse.Namespace, settings: Settings) -> tuple[list[s
     env.update(
         ASYNCPROOF_BIND=settings.bind,
         ASYNCPROOF_WORKERS=str(settings.workers),
+        ASYNCPROOF_METRICS_PORT=str(settings.metrics_port),
         ASYNCPROOF_TASK_STORE=settings.task_store,
         ASYNCPROOF_PRELOAD="1" if settings.preload else "0",
     )
@@ -76,6 +77,9 @@ def serve(args: argparse.Namespace) -> int:
         print(settings, file=sys.stderr)
         return 2
     argv, env = server_command(args, settings)
+    if settings.metrics_port:
+        where = f"{settings.metrics_host}:{settings.metrics_port}"
+        print(f"asyncproof: /metrics on http://{where}/metrics, outside the workers", file=sys.stderr)
     if args.server != "gunicorn":
         # Gunicorn migrates in its on_starting hook; uvicorn --workers has none: here, before it starts.
         from asyncproof.app.migrations import upgrade_database

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(2, ge=1)
     # Port where `asyncproof worker` serves its task metrics; 0: none.
     worker_metrics_port: int = Field(0, ge=0, le=65535)
+    # Port where the server's /metrics is answered, on the host of `bind`, by one exposition process
+    # per deployment outside the serving workers (a scrape costs them no event-loop lag and answers
+    # while they are all blocked); 0: /metrics on the app's own port, rendered inside a worker.
+    metrics_port: int = Field(0, ge=0, le=65535)
     # Periodic maintenance (purging expired tasks): once per interval per deployment.
     maintenance_interval_seconds: float = Field(60.0, gt=0)
     # The warm in-process data set ("the big in-memory cache"), loaded when the app is created.
@@ -94,6 +98,20 @@ class Settings(BaseSettings):
         return self
 
     request_id_header: str = "X-Request-ID"
+
+    @model_validator(mode="after")
+    def _metrics_port_is_not_the_apps(self) -> Settings:
+        if self.metrics_port and self.bind.endswith(f":{self.metrics_port}"):
+            raise ValueError("metrics_port must differ from the port in bind (0: /metrics on the app's port)")
+        return self
+
+    @property
+    def metrics_host(self) -> str:
+        """The interface of the metrics port: the one the app is bound to (all of them when it is
+        bound to a Unix socket)."""
+        if self.bind.startswith(("unix:", "fd://")) or ":" not in self.bind:
+            return "0.0.0.0"
+        return self.bind.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
 
     @property
     def redis_store_url(self) -> str:

@@ -302,7 +302,10 @@ def _options(parser: Any) -> None:
     group.add_argument("--gates", default="", help="SLO gates file (YAML/JSON); a failed gate exits 3")
     group.add_argument("--results-json", default="", help="write every figure of the run to this file")
     group.add_argument(
-        "--scrape-url", default="", help="the app's /metrics (default: HOST/metrics; 'none': off)"
+        "--scrape-url",
+        default="",
+        help="the app's /metrics: its metrics port's (http://HOST:PORT/metrics) keeps answering while "
+        "every worker is blocked (default: HOST/metrics; 'none': off)",
     )
     group.add_argument("--scrape-interval", type=float, default=1.0)
     group.add_argument(

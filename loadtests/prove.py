@@ -229,6 +229,7 @@ def row(scenario: Scenario, results: dict[str, Any], workers_replaced: int) -> d
     task = results.get("tasks", {}).get(scenario.style, {})
     server = results.get("server", {})
     lag = server.get("loop_lag.p99")
+    lag_max = server.get("loop_lag.max")
     return {
         "scenario": scenario.name,
         "submit_p50_ms": submit.get("p50"),
@@ -237,6 +238,8 @@ def row(scenario: Scenario, results: dict[str, Any], workers_replaced: int) -> d
         "probe_failures": results.get("probe", {}).get("failures", 0),
         "would_restart": results.get("probe", {}).get("would_restart", 0),
         "loop_lag_p99_s": None if lag is None else round(lag, 4),
+        # the longest stall a scrape saw, a blocked worker's included (it cannot report it itself)
+        "loop_lag_max_s": None if lag_max is None else round(lag_max, 3),
         "threadpool_waiting_max": server.get("threadpool.waiting.max"),
         "task_p95_s": task.get("completion.p95"),
         "polls_404": task.get("polls_404", 0) if scenario.style else None,
@@ -303,7 +306,15 @@ class Prover:
             return {**base, "observed": SKIPPED, "match": False, "skipped": reason}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {"ASYNCPROOF_STATE_DIR": str(folder / "state"), **scenario.settings}
+        # Scrapes go to the server's exposition process, outside the workers: they cost the workers
+        # nothing and answer while every worker is blocked (the async-blocking scenarios).
+        metrics_port = free_port()
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        env = {
+            "ASYNCPROOF_STATE_DIR": str(folder / "state"),
+            "ASYNCPROOF_METRICS_PORT": str(metrics_port),
+            **scenario.settings,
+        }
         serve = [str(BIN / "asyncproof"), "serve", "--server", scenario.server]
         serve += ["--workers", str(scenario.workers), "--port", str(port)]
         with (
@@ -311,8 +322,9 @@ class Prover:
             running(serve, env=env, log=folder / "server.log", grace=3) as server,
         ):
             wait_for(f"{url}/health/ready", deadline=60, process=server)
+            wait_for(metrics_url, deadline=30, process=server)
             before = set(children(server.pid))
-            code = self._locust(scenario, url, folder)
+            code = self._locust(scenario, url, folder, metrics_url)
             after = set(children(server.pid))
         results = (
             json.loads((folder / "results.json").read_text()) if (folder / "results.json").exists() else {}
@@ -334,13 +346,14 @@ class Prover:
         redis.Redis.from_url(BROKER_URL).delete(QUEUE)
         return running([str(BIN / "asyncproof"), "worker"], env=env, log=folder / "worker.log", grace=3)
 
-    def _locust(self, scenario: Scenario, url: str, folder: Path) -> int:
+    def _locust(self, scenario: Scenario, url: str, folder: Path, metrics_url: str) -> int:
         seconds = max(self.profile.run_seconds, scenario.min_seconds)
         users = scenario.user_count + 2  # and the two probes
         rate = scenario.spawn_rate or users
         command = [
             str(BIN / "locust"),
             *("-f", str(LOCUSTFILE), "--headless", "--only-summary", "-H", url),
+            *("--scrape-url", metrics_url),
             *("-u", str(users), "-r", str(rate), "-t", f"{seconds}s"),
             *("--work-kind", scenario.work_kind, "--work-ms", str(scenario.work_ms)),
             *("--results-json", str(folder / "results.json")),
