@@ -215,7 +215,7 @@ class InstrumentationMiddleware:
 
     def _unmatched(self, scope: Scope) -> str:
         if scope.get("route") is None and not ROUTER_SETS_ROUTE:  # Starlette before 1.7
-            return self.routes.find(scope, scope.get("root_path", ""))
+            return self.routes.find_after(scope)
         return UNMATCHED_ROUTE
 
     def _record(self, scope: Scope, method: str, route: str, status: int, seconds: float) -> None:

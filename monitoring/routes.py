@@ -201,6 +201,20 @@ class RouteLabels:
             found = None
         return found if isinstance(found, str) else UNMATCHED_ROUTE
 
+    def find_after(self, scope: Scope) -> str:
+        """:meth:`find` once the app has run: Mounts have added to ``root_path`` by then, and the
+        root_path the request came with is one of its prefixes (``app_root_path`` when this app's own
+        Mount set it, shorter or longer when the app is itself mounted in another): the first that
+        finds a route wins."""
+        full: str = scope.get("root_path", "")
+        candidates = [scope.get("app_root_path", full)]
+        candidates += [full[:end] for end in range(len(full) + 1) if end == len(full) or full[end] == "/"]
+        for root_path in dict.fromkeys(candidates):  # in order, once each
+            found = self.find(scope, root_path)
+            if found != UNMATCHED_ROUTE:
+                return found
+        return UNMATCHED_ROUTE
+
     def _mount_chain(self, added: str) -> tuple[str, Mount] | None:
         if added in self._mount_chains:
             return self._mount_chains[added]
