@@ -43,16 +43,16 @@ class _Exchange:
     SimpleNamespace's, cost twice as long as the two stores).
     """
 
-    status = 0  # from http.response.start; 0 until then
+    status = 0  # from http.response.start; 0 until then (499 once the client left: see _Disconnected)
     finished = 0.0  # perf_counter() when the last response message went to the server; 0.0 until then
-    disconnected = False  # the client left before the response was complete
+    disconnected: type[_Exchange]  # the class an exchange takes when its client leaves early
 
     server_send: Send
     server_receive: Receive
 
     def send(self, message: Message) -> Awaitable[None]:
         # A plain function handing back the server's awaitable: no coroutine of ours per message.
-        if message["type"] == "http.response.start":
+        if "status" in message:  # http.response.start, the only response message with a status
             self.status = message["status"]
         elif "more_body" not in message or not message["more_body"]:
             # The last body message (or trailers, or a pathsend), handed to the server now: the
@@ -63,11 +63,32 @@ class _Exchange:
     async def receive(self) -> Message:
         message = await self.server_receive()
         if message["type"] == "http.disconnect" and not self.finished:
-            self.disconnected = True
+            # The client left before the response was complete: from now on the exchange's status
+            # reads 499, whatever the app sends, with nothing for the request path to check.
+            self.__class__ = self.disconnected
         return message
 
     def close(self) -> None:
         """The app returned (or raised) without completing its response."""
+
+
+class _ClientClosed:
+    """``status`` of an exchange whose client left early: nginx's 499, whatever is set after."""
+
+    def __get__(self, exchange: object, owner: type | None = None) -> int:
+        return CLIENT_CLOSED_REQUEST
+
+    def __set__(self, exchange: object, status: int) -> None:
+        pass
+
+
+def _with_disconnected(exchange: type[_Exchange]) -> type[_Exchange]:
+    """``exchange`` with its ``disconnected`` class: the same, with a status that reads 499."""
+    exchange.disconnected = type(f"{exchange.__name__}Disconnected", (exchange,), {"status": _ClientClosed()})
+    return exchange
+
+
+_with_disconnected(_Exchange)
 
 
 class _ForegroundExchange(_Exchange):
@@ -135,14 +156,20 @@ class InstrumentationMiddleware:
             responded = self.recorder.responded
             for method in self.exchanges:
                 attributes = {"responded": responded, "method": method}
-                self.exchanges[method] = type("_ForegroundExchange", (_ForegroundExchange,), attributes)
+                self.exchanges[method] = _with_disconnected(
+                    type("_ForegroundExchange", (_ForegroundExchange,), attributes)
+                )
         self.endpoints = instrumentation.endpoints()
         self.excluded = _paths(options.excluded, options.patterns)
         self.special = _paths(options.excluded | self.endpoints.keys(), options.patterns)
+        self.special_endings = ("",) if options.patterns else tuple(self.special)
         # Our exclusions are our endpoints' paths, unless the caller chose them.
         self.default_exclusions = options.exclude_paths is None
         self.option_of = {options.metrics_path: "metrics_path"}
         self.routes = RouteLabels(instrumentation.app or (app if hasattr(app, "routes") else None))
+        self.label_attribute = self.routes.attribute
+        self.routes.walk()
+        instrumentation.sampler.route_walks.append(self.routes.walk)
         self._faults: set[tuple[str, str]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,7 +181,11 @@ class InstrumentationMiddleware:
             return
         app = self.app
         # root_path: set by the server (behind a proxy) or an outer Mount
-        if scope["path"] in self.special or (scope.get("root_path") and route_path(scope) in self.special):
+        # Our endpoints and the excluded paths, below any root_path: only paths that end like one of
+        # them (or every path, when there are exclude_patterns) take the full look.
+        if scope["path"].endswith(self.special_endings) and (
+            scope["path"] in self.special or route_path(scope) in self.special
+        ):
             path = route_path(scope)
             endpoint = self.endpoints.get(path)  # a built-in endpoint sets scope["route"]
             owned = endpoint is not None and self.routes.app_owns(
@@ -190,19 +221,12 @@ class InstrumentationMiddleware:
                 exchange.close()
                 if not exchange.status:  # the app returned without starting a response
                     exchange.status = 500
-            if exchange.disconnected:  # the client left before the response was complete, as nginx's 499
-                exchange.status = CLIENT_CLOSED_REQUEST
             seconds = exchange.finished - start
             try:  # a fault of ours must not reach the server: the response is the app's
-                try:
-                    route = scope["route"].path  # the matched route's template, never the raw path
-                except (KeyError, AttributeError):  # no route matched, or one without a template (Host)
-                    route = self._unmatched(scope)
-                else:
-                    if scope.get("fastapi"):  # FastAPI's per-request state: set for included routers
-                        route = included_route(scope["fastapi"], scope["route"], route)
-                if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
-                    route = self.routes.mounted(scope, scope.get("route"), route, scope["app_root_path"])
+                try:  # the route's label, once known to be the same for every request it serves
+                    route = getattr(scope["route"], self.label_attribute)
+                except (KeyError, AttributeError):  # not yet, or never: worked out for this request
+                    route = self.route_label(scope)
                 if self.plain:
                     # recorder.record(), inlined: the bucket's count and the sum, in shared memory
                     series = self.series[method, route, exchange.status]
@@ -212,6 +236,22 @@ class InstrumentationMiddleware:
                     self._record(scope, method, route, exchange.status, seconds)
             except Exception as error:
                 self._fault(error, method, exchange.status, seconds)
+
+    def route_label(self, scope: Scope) -> str:
+        """The ``http_route`` label of a request: the template of the route it matched (Mount and
+        ``include_router`` prefixes included, never the raw path), or ``unmatched``. Remembered on
+        the route object when it is the only way to that route (see :meth:`RouteLabels.remember`)."""
+        try:
+            route: str = scope["route"].path  # the matched route's template, never the raw path
+        except (KeyError, AttributeError):  # no route matched, or one without a template (Host)
+            route = self._unmatched(scope)
+        else:
+            if scope.get("fastapi"):  # FastAPI's per-request state: set for included routers
+                route = included_route(scope["fastapi"], scope["route"], route)
+        if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
+            route = self.routes.mounted(scope, scope.get("route"), route, scope["app_root_path"])
+        self.routes.remember(scope.get("route"), route)
+        return route
 
     def _unmatched(self, scope: Scope) -> str:
         if scope.get("route") is None and not ROUTER_SETS_ROUTE:  # Starlette before 1.7
@@ -270,6 +310,7 @@ class InstrumentationMiddleware:
         instrumentation = self.instrumentation
         if self.routes.app is None:
             self.routes.app = scope.get("app")
+        self.routes.walk()
 
         async def receive_wrapper() -> Message:
             message = await receive()

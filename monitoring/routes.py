@@ -1,14 +1,18 @@
 """Route labels: the template of the route a request matched, never its raw path.
 
-The middleware reads ``scope["route"].path`` itself (one subscript per request); what needs more —
-routes reached through ``include_router(..., prefix=...)``, Mounts (their templates, nested ones
-included), a root_path set by a proxy — is here, as is the question whether the app has a route of
-its own at a path our built-in endpoints would answer.
+A request's label is worked out here the first time its route serves one — routes reached through
+``include_router(..., prefix=...)``, Mounts (their templates, nested ones included), a root_path set
+by a proxy — and then kept on the route object when only one path of the app leads to it, so that
+the middleware reads it with one attribute look-up after that. Here too: whether the app has a
+route of its own at a path our built-in endpoints would answer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -87,6 +91,48 @@ def _mount_chain(routes: Iterable[BaseRoute], added: str) -> tuple[str, Mount] |
     return None
 
 
+def _inner_routes(route: Any) -> Any:
+    """The routes of what a Mount (or Host) leads to: its router's, or those of the router a
+    middleware wraps there (``Mount("/x", app=Middleware(router))``); ``None`` for an app that
+    has none (StaticFiles) or that we cannot see into."""
+    inner = getattr(route, "routes", None)
+    if inner:
+        return inner
+    app = getattr(route, "app", None)
+    for _ in range(32):  # a chain of middleware around a router
+        if app is None:
+            return None
+        inner = getattr(app, "routes", None)
+        if inner is not None:
+            return inner
+        app = getattr(app, "app", None)
+    return None
+
+
+def _leaf_routes(routes: Iterable[Any], depth: int = 0) -> Iterator[Any]:
+    """Every route object a request can be matched to, once for each way of reaching it: through
+    Mounts, Hosts, middleware around a mounted router and FastAPI's included routers (0.137 and
+    later, whose requests carry the router's own route object)."""
+    if depth > 32:
+        return
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            for context in contexts():
+                mount = getattr(context, "starlette_route", None)  # set for Mounts, not for routes
+                if mount is not None:
+                    yield from _leaf_routes(_inner_routes(mount) or (), depth + 1)
+                else:
+                    yield getattr(context, "original_route", None)
+        elif isinstance(route, (Mount, Host)):
+            yield from _leaf_routes(_inner_routes(route) or (), depth + 1)
+        else:
+            yield route
+
+
+_labellers = itertools.count()
+
+
 def _find_template(routes: Iterable[BaseRoute], scope: Scope) -> str | None:
     """The template of the route among ``routes`` that ``scope`` matches — Mount templates
     included, a 405's route as the router picks it — or ``None``."""
@@ -148,6 +194,11 @@ class RouteLabels:
         # raw part of root_path the Mounts added -> (their templates, the innermost), or None
         self._mount_chains: dict[str, tuple[str, Mount] | None] = {}
         self._owned: dict[str, bool] = {}
+        # Where route objects keep the label this app gives them (see remember()): a name of its own,
+        # so that a route shared with another app is never read with that app's label.
+        self.attribute = sys.intern(f"_asyncproof_route_{next(_labellers)}")
+        self._walked_for: tuple[int, int] | None = None
+        self._once: dict[int, Any] = {}  # id -> route objects of this app reached one way only
         self._owned_for: tuple[int, int] | None = None
         self._warned: set[str] = set()
 
@@ -184,6 +235,43 @@ class RouteLabels:
                 except Warning:  # a filter turned it into an error: a notice must never fail a request
                     log.info(message)
         return owned
+
+    def walk(self) -> None:
+        """Find the route objects of the app that only one path leads to; done again whenever the
+        app's route list changed. A route object reached twice (a router included under two
+        prefixes, a sub-app mounted twice) has a label per request and is never remembered."""
+        routes = getattr(self.app, "routes", None)
+        if routes is None:
+            return
+        signature = (id(routes), len(routes))
+        if signature == self._walked_for:
+            return
+        self._walked_for = signature
+        found: dict[int, list[Any]] = {}
+        try:
+            for route in _leaf_routes(routes):
+                if route is not None:
+                    found.setdefault(id(route), [route, 0])[1] += 1
+        except Exception:  # a router of another make: labels are worked out per request, as before
+            log.exception("cannot walk the app's routes; route labels are worked out for every request")
+            found = {}
+        once = {key: route for key, (route, times) in found.items() if times == 1}
+        for key, route in self._once.items():
+            if once.get(key) is not route:  # reached another way now: forget its label
+                with contextlib.suppress(AttributeError):
+                    delattr(route, self.attribute)
+        self._once = once
+
+    def remember(self, route: Any, label: str) -> None:
+        """Keep ``label`` on ``route`` when only one path of the app leads to it: from then on the
+        middleware reads it with one attribute look-up. Called after each label worked out in full,
+        which also notices a route list that changed since the last walk."""
+        if route is None:
+            return
+        self.walk()
+        if self._once.get(id(route)) is route and label != UNMATCHED_ROUTE and isinstance(label, str):
+            with contextlib.suppress(AttributeError, TypeError):  # a route class with __slots__
+                setattr(route, self.attribute, label)
 
     def find(self, scope: Scope, root_path: str) -> str:
         """The label of a request that carries no route (Starlette before 1.7): found by matching the

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio.to_thread
@@ -91,6 +91,9 @@ class RuntimeSampler:
         self._task: asyncio.Task[None] | None = None
         self._process = psutil.Process()
         self._lag_max = 0.0
+        # The middlewares' RouteLabels.walk: route objects that another path now leads to must stop
+        # carrying their remembered labels (checked on each flush; nothing when no route was added).
+        self.route_walks: list[Callable[[], None]] = []
 
     @property
     def running(self) -> bool:
@@ -159,6 +162,8 @@ class RuntimeSampler:
                 self.sample_threadpool()
                 if now >= next_flush:
                     self.recorder.flush()
+                    for walk in self.route_walks:  # route labels: notice routes added since the last
+                        walk()
                     next_flush = now + self.flush_interval
                 if now >= next_report:
                     self.report()

@@ -473,6 +473,67 @@ async def test_routes_of_included_routers_carry_the_include_prefixes() -> None:
     }
 
 
+class Passing:
+    """A pure ASGI middleware around a mounted router."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+async def test_route_labels_stay_right_when_a_route_object_is_reached_several_ways() -> None:
+    # The middleware remembers a label on a route object that only one path of the app leads to;
+    # everything reached two ways (one behind a middleware), shared with another app, or included
+    # again after the app started serving must keep getting the label of the path it came by.
+    items = APIRouter()
+
+    @items.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    async def user(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("user")
+
+    users = Router(routes=[Route("/users/{name}", user)])
+    first = FastAPI()
+    first.include_router(items, prefix="/v1")
+    first.mount("/a", app=users)
+    first.mount("/b", app=Passing(users))
+
+    @first.get("/solo/{name}")
+    async def solo(name: str) -> str:
+        return name
+
+    second = FastAPI()
+    second.include_router(items, prefix="/v2")
+    first_instr = monitoring.instrument(first, registry=CollectorRegistry())
+    second_instr = monitoring.instrument(second, registry=CollectorRegistry())
+    async with client_for(first) as client_1, client_for(second) as client_2:
+        for i in range(3):
+            for path in ("/v1/items/1", "/a/users/x", "/b/users/y", f"/solo/{i}"):
+                assert (await client_1.get(path)).status_code == 200, path
+            assert (await client_2.get("/v2/items/1")).status_code == 200
+        first.include_router(items, prefix="/v3")  # once serving: /v1's label must not stick
+        await asyncio.sleep(0.8)  # a flush of the runtime sampler notices the new route list
+        for path in ("/v3/items/1", "/v1/items/2", "/v3/items/3"):
+            assert (await client_1.get(path)).status_code == 200, path
+    assert route_counts(first_instr) == {
+        ("/v1/items/{item_id}", "200"): 4,
+        ("/v3/items/{item_id}", "200"): 2,
+        ("/a/users/{name}", "200"): 3,
+        ("/b/users/{name}", "200"): 3,
+        ("/solo/{name}", "200"): 3,
+    }
+    assert route_counts(second_instr) == {("/v2/items/{item_id}", "200"): 3}
+    # and the one-path routes were read from the label they carry, not worked out each time
+    solo_route = next(route for route in first.routes if getattr(route, "path", "") == "/solo/{name}")
+    assert [value for name, value in vars(solo_route).items() if name.startswith("_asyncproof")] == [
+        "/solo/{name}"
+    ]
+
+
 async def test_mounts_inside_included_routers_and_hosts_carry_their_templates(tmp_path: Path) -> None:
     async def user(request: Any) -> PlainTextResponse:
         return PlainTextResponse("user")
