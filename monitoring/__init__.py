@@ -34,6 +34,7 @@ __all__ = [
     "instrument_pool",
     "mark_process_dead",
     "sweep",
+    "watch_executor",
 ]
 
 _WHERE = {
@@ -60,6 +61,7 @@ _WHERE = {
     "instrument_pool": "asyncproof.monitoring.db",
     "mark_process_dead": "asyncproof.monitoring.multiprocess",
     "sweep": "asyncproof.monitoring.multiprocess",
+    "watch_executor": "asyncproof.monitoring.executors",
 }
 
 # Optional dependencies of some names, and the extra that brings each.
@@ -68,6 +70,7 @@ _EXTRAS = {"sqlalchemy": "sqlalchemy"}
 if TYPE_CHECKING:
     from asyncproof.monitoring.cache import InstrumentedTTLCache
     from asyncproof.monitoring.db import PoolInstrumentation, instrument_pool
+    from asyncproof.monitoring.executors import watch_executor
     from asyncproof.monitoring.health import CheckResult, Health, HealthReport
     from asyncproof.monitoring.instrumentation import Instrumentation, instrument
     from asyncproof.monitoring.metrics import Metrics

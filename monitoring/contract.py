@@ -33,6 +33,7 @@ DB_WAIT_BUCKETS: tuple[float, ...] = (
 
 # Label values the cardinality guard maps unbounded input onto.
 UNMATCHED_ROUTE = "unmatched"
+NO_ROUTE = "none"  # a stall in code outside any request (start-up, a task the app spawned)
 OTHER_METHOD = "_OTHER"
 STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
@@ -100,6 +101,28 @@ ASYNCIO_EVENT_LOOP_LAG_MAX = MetricSpec(
     gauge_mode="liveall",
     per_process=True,
 )
+# Event-loop stalls (monitoring.stalls): a watchdog thread per worker notices a loop that has not run
+# for the stall threshold and attributes the stall to the route of the request whose code held it
+# (`none`: code outside any request, such as start-up or a task the app spawned).
+ASYNCIO_EVENT_LOOP_STALLS = MetricSpec(
+    "asyncio_event_loop_stalls",
+    "counter",
+    "Times the event loop did not run for the stall threshold, by the route whose code held it.",
+    ("http_route",),
+)
+ASYNCIO_EVENT_LOOP_BLOCKED = MetricSpec(
+    "asyncio_event_loop_blocked_seconds",
+    "counter",
+    "Seconds the event loop spent stalled, by the route whose code held it (added while a stall lasts).",
+    ("http_route",),
+)
+ASYNCIO_EVENT_LOOP_STALLED = MetricSpec(
+    "asyncio_event_loop_stalled_seconds",
+    "gauge",
+    "How long each worker's event loop has been stalled right now (0 while it runs).",
+    gauge_mode="liveall",
+    per_process=True,
+)
 ANYIO_THREADPOOL_BORROWED = MetricSpec(
     "anyio_threadpool_borrowed_tokens",
     "gauge",
@@ -114,6 +137,31 @@ ANYIO_THREADPOOL_WAITING = MetricSpec(
     "anyio_threadpool_waiting_tasks",
     "gauge",
     "Tasks waiting for a token of AnyIO's default thread limiter (the threadpool is saturated).",
+)
+
+# -- Executors (concurrent.futures pools) -----------------------------------------------------------
+# `executor` is the name a pool was watched under (monitoring.executors.watch_executor), or `default`
+# for the event loop's default executor (run_in_executor(None, ...), asyncio.to_thread). Every worker
+# has pools of its own: in multiprocess mode the gauges are summed over live workers, like the
+# threadpool's, so pending and busy compare with the deployment's total of max workers.
+DEFAULT_EXECUTOR = "default"
+EXECUTOR_PENDING_WORK = MetricSpec(
+    "executor_pending_work_items",
+    "gauge",
+    "Work items submitted to the executor that no worker has started yet.",
+    ("executor",),
+)
+EXECUTOR_BUSY_WORKERS = MetricSpec(
+    "executor_busy_workers",
+    "gauge",
+    "Workers of the executor (threads or processes) running a work item.",
+    ("executor",),
+)
+EXECUTOR_MAX_WORKERS = MetricSpec(
+    "executor_max_workers",
+    "gauge",
+    "Most workers the executor may run at once.",
+    ("executor",),
 )
 
 # -- Per-worker process metrics (a `pid` label in multiprocess mode) --------------------------------

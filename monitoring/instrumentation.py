@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from types import FrameType
 from typing import Any
 
@@ -17,6 +18,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from asyncproof.monitoring import stalls
+from asyncproof.monitoring.executors import watch_executor
 from asyncproof.monitoring.exposition import Exposition, MetricsServer
 from asyncproof.monitoring.exposition_process import ExpositionKeeper
 from asyncproof.monitoring.health import Health, HealthReport
@@ -25,6 +28,7 @@ from asyncproof.monitoring.middleware import InstrumentationMiddleware, RequestI
 from asyncproof.monitoring.multiprocess import multiprocess_dir
 from asyncproof.monitoring.options import Options
 from asyncproof.monitoring.runtime import ProcessCollector, RuntimeSampler
+from asyncproof.monitoring.stalls import StallWatchdog
 from asyncproof.monitoring.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("asyncproof.monitoring")
@@ -33,8 +37,8 @@ log = logging.getLogger("asyncproof.monitoring")
 class Instrumentation:
     """The options, metrics, health registry and runtime sampler of one instrumented app.
 
-    Made by :func:`instrument`; use it to register readiness checks (``add_check``) and to hand
-    ``metrics`` to the cache, database and task helpers.
+    Made by :func:`instrument`; use it to register readiness checks (``add_check``) and the pools to
+    watch (``watch_executor``), and to hand ``metrics`` to the cache, database and task helpers.
     """
 
     def __init__(self, options: Options | None = None, /, **kwargs: Any) -> None:
@@ -79,6 +83,8 @@ class Instrumentation:
         self.exposition = Exposition(self.registry, self.multiprocess_dir)
         self.metrics_server: MetricsServer | None = None
         self.exposition_keeper: ExpositionKeeper | None = None
+        self.watchdog: StallWatchdog | None = None
+        """The stall watchdog of the loop this app runs on, while it runs (``stall_threshold``)."""
         self._previous_sigterm: Any = None
 
     def _record_health(self, report: HealthReport) -> None:
@@ -88,6 +94,10 @@ class Instrumentation:
     def add_check(self, name: str, func: Any, *, timeout: float = 1.0, critical: bool = True) -> None:
         """Register an async readiness check; see :meth:`monitoring.health.Health.add_check`."""
         self.health.add_check(name, func, timeout=timeout, critical=critical)
+
+    def watch_executor(self, executor: Executor, name: str) -> None:
+        """Report ``executor``'s pending work and busy workers; see :func:`monitoring.watch_executor`."""
+        watch_executor(executor, name, self.metrics)
 
     def endpoints(self) -> dict[str, ASGIApp]:
         """The built-in endpoints by path; the middleware answers them before the app's router."""
@@ -112,6 +122,11 @@ class Instrumentation:
         """Start the runtime sampler (and the metrics port); the middleware calls this at lifespan startup."""
         self.health.shutting_down = False
         self.sampler.start()
+        if self.options.stall_threshold is not None and self.watchdog is None:
+            try:  # the app runs without naming its stalls rather than not at all
+                self.watchdog = stalls.watch(self.metrics, self.options.stall_threshold)
+            except Exception:
+                log.exception("asyncproof could not start its stall watchdog")
         if self.metrics_port is not None:
             await self._start_metrics_port(self.metrics_port)
         self._chain_sigterm()
@@ -136,6 +151,9 @@ class Instrumentation:
     async def stop(self) -> None:
         """Stop what :meth:`start` started and flush what is buffered."""
         self.health.begin_shutdown()
+        if self.watchdog is not None:
+            stalls.unwatch(self.watchdog, self.metrics)
+            self.watchdog = None
         await self.sampler.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()

@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from asyncproof.monitoring import contract
 from asyncproof.monitoring.contract import MetricSpec
+from asyncproof.monitoring.executors import WatchedExecutors
 from asyncproof.monitoring.multiprocess import multiprocess_dir
 from asyncproof.monitoring.recorder import HttpRecorder
 
@@ -31,6 +32,8 @@ def make_metric(
 
 
 _made = threading.Lock()
+# Per-worker gauges with an attribute of their own, not made again among the process metrics.
+_OWN_PER_PROCESS_GAUGES = (contract.ASYNCIO_EVENT_LOOP_LAG_MAX, contract.ASYNCIO_EVENT_LOOP_STALLED)
 # The instance lives on its registry, so that it goes when the registry goes (a weak mapping from
 # registry to instance would keep both: the instance refers to its registry).
 _ATTRIBUTE = "_asyncproof_metrics"
@@ -103,6 +106,11 @@ class Metrics:
         self.threadpool_borrowed = make_metric(contract.ANYIO_THREADPOOL_BORROWED, r)
         self.threadpool_total = make_metric(contract.ANYIO_THREADPOOL_TOTAL, r)
         self.threadpool_waiting = make_metric(contract.ANYIO_THREADPOOL_WAITING, r)
+        self.executor_pending = make_metric(contract.EXECUTOR_PENDING_WORK, r)
+        self.executor_busy = make_metric(contract.EXECUTOR_BUSY_WORKERS, r)
+        self.executor_max = make_metric(contract.EXECUTOR_MAX_WORKERS, r)
+        # The pools these report, read by the runtime sampler on its ticks.
+        self.executors = WatchedExecutors(self)
         self.system_cpu = make_metric(contract.SYSTEM_CPU_UTILIZATION, r)
         self.system_memory = make_metric(contract.SYSTEM_MEMORY_UTILIZATION, r)
         self.tasks_submitted = make_metric(contract.TASKS_SUBMITTED, r)
@@ -127,7 +135,7 @@ class Metrics:
         self.per_process_gauges: dict[str, Any] = {}
         if self.multiprocess:
             for spec in contract.ALL_METRICS:
-                if spec.per_process and spec is not contract.ASYNCIO_EVENT_LOOP_LAG_MAX:
+                if spec.per_process and spec not in _OWN_PER_PROCESS_GAUGES:
                     gauge_spec = MetricSpec(spec.exposed_name, "gauge", spec.help, gauge_mode="liveall")
                     self.per_process_gauges[spec.exposed_name] = make_metric(gauge_spec, None)
         # The lag sampler's heartbeat (when its next tick is due), kept out of the registry too: the
@@ -135,3 +143,12 @@ class Metrics:
         from asyncproof.monitoring.exposition_process import HEARTBEAT
 
         self.loop_heartbeat = make_metric(HEARTBEAT, None)
+        # Event-loop stalls, written by the watchdog thread (monitoring.stalls): counts and blocked
+        # seconds per route; the current stall per worker, a gauge of its own like the lag max; and
+        # the lag histogram's provisional observations of stalls still going on.
+        from asyncproof.monitoring.stalls import ProvisionalLag
+
+        self.loop_stalls = make_metric(contract.ASYNCIO_EVENT_LOOP_STALLS, r)
+        self.loop_blocked = make_metric(contract.ASYNCIO_EVENT_LOOP_BLOCKED, r)
+        self.loop_stalled = make_metric(contract.ASYNCIO_EVENT_LOOP_STALLED, None if self.multiprocess else r)
+        self.lag_provisional = ProvisionalLag(self.loop_lag)

@@ -237,10 +237,11 @@ class InstrumentationMiddleware:
             except Exception as error:
                 self._fault(error, method, exchange.status, seconds)
 
-    def route_label(self, scope: Scope) -> str:
+    def route_label(self, scope: Scope, *, remember: bool = True) -> str:
         """The ``http_route`` label of a request: the template of the route it matched (Mount and
         ``include_router`` prefixes included, never the raw path), or ``unmatched``. Remembered on
-        the route object when it is the only way to that route (see :meth:`RouteLabels.remember`)."""
+        the route object when it is the only way to that route (see :meth:`RouteLabels.remember`);
+        ``remember=False`` for callers off the loop's thread (the stall watchdog)."""
         try:
             route: str = scope["route"].path  # the matched route's template, never the raw path
         except (KeyError, AttributeError):  # no route matched, or one without a template (Host)
@@ -250,7 +251,8 @@ class InstrumentationMiddleware:
                 route = included_route(scope["fastapi"], scope["route"], route)
         if "app_root_path" in scope:  # a Mount matched (Starlette sets app_root_path then)
             route = self.routes.mounted(scope, scope.get("route"), route, scope["app_root_path"])
-        self.routes.remember(scope.get("route"), route)
+        if remember:
+            self.routes.remember(scope.get("route"), route)
         return route
 
     def _unmatched(self, scope: Scope) -> str:

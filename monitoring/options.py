@@ -107,6 +107,10 @@ class Options:
     """How often ``http_server_active_requests`` is brought up to date (the request histogram is
     always current)."""
     report_interval: float = 1.0
+    stall_threshold: float | None = 0.1
+    """Seconds the event loop may go without running before a watchdog thread counts a stall and
+    names the route and the line of code holding it (:mod:`asyncproof.monitoring.stalls`); ``None``
+    turns the watchdog off."""
     excluded: frozenset[str] = field(init=False)
     patterns: tuple[re.Pattern[str], ...] = field(init=False)
 
@@ -116,6 +120,16 @@ class Options:
                 raise ValueError(f"{name} must start with '/' and not end with one, got {path!r}")
         if not 0 < self.flush_interval <= 1:
             raise ValueError("flush_interval must be in (0, 1] seconds: the in-flight gauge must be current")
+        threshold = self.stall_threshold
+        if threshold is not None and (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not 0 < threshold < float("inf")
+        ):
+            raise ValueError(
+                f"stall_threshold must be a positive number of seconds (e.g. 0.1), or None to turn the "
+                f"stall watchdog off; got {threshold!r}"
+            )
         if self.buckets is not None:
             bounds = [float(b) for b in self.buckets]
             if not bounds or bounds != sorted(set(bounds)) or bounds[0] <= 0:

@@ -54,10 +54,15 @@ new_request_id = RequestIdGenerator().next_id
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``record.request_id`` (or ``"-"``) to every record, for any formatter to use."""
+    """Adds ``record.request_id`` (or ``"-"``) to every record, for any formatter to use.
+
+    A record that names its request already (``extra={"request_id": ...}``, as the stall watchdog's,
+    logged from a thread outside the request's context) keeps it.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = get_request_id() or "-"
+        if not getattr(record, "request_id", None):
+            record.request_id = get_request_id() or "-"
         return True
 
 

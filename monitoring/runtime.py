@@ -115,15 +115,21 @@ class RuntimeSampler:
         self.sample_now()
 
     def sample_now(self) -> None:
-        """Update the in-flight gauge and read the threadpool; in the loop, right before a scrape."""
+        """Update the in-flight gauge, read the threadpool and the executors; in the loop, right before a
+        scrape."""
         self.recorder.flush()
         self.sample_threadpool()
+        self.sample_executors()
 
     def sample_threadpool(self) -> None:
         limiter = anyio.to_thread.current_default_thread_limiter()
         self.metrics.threadpool_borrowed.set(limiter.borrowed_tokens)
         self.metrics.threadpool_total.set(limiter.total_tokens)
         self.metrics.threadpool_waiting.set(limiter.statistics().tasks_waiting)
+
+    def sample_executors(self) -> None:
+        """The watched pools and this loop's default executor (monitoring.executors)."""
+        self.metrics.executors.sample(asyncio.get_running_loop())
 
     def report(self) -> None:
         """Machine-wide utilisation, and in multiprocess mode this worker's process metrics and sweeps."""
@@ -146,6 +152,7 @@ class RuntimeSampler:
     async def _ticks(self) -> None:
         loop = asyncio.get_running_loop()
         lag_histogram: Any = self.metrics.loop_lag
+        provisional = self.metrics.lag_provisional
         heartbeat: Any = self.metrics.loop_heartbeat
         next_flush = next_report = loop.time()
         while True:
@@ -156,10 +163,13 @@ class RuntimeSampler:
             await asyncio.sleep(self.interval)
             now = loop.time()
             lag = max(0.0, now - expected)
+            if provisional.pending:  # the stall watchdog observed a stall as it went: this replaces it
+                provisional.take(loop)
             lag_histogram.observe(lag)
             self._lag_max = max(self._lag_max, lag)
             try:
                 self.sample_threadpool()
+                self.sample_executors()
                 if now >= next_flush:
                     self.recorder.flush()
                     for walk in self.route_walks:  # route labels: notice routes added since the last

@@ -32,7 +32,7 @@ from asyncproof.app.tasks.lifecycle import (
 )
 from asyncproof.app.tasks.store import TaskRecord, TaskStore
 from asyncproof.app.work import TASK_NAME, WorkFailed, WorkRequest, run_blocking
-from asyncproof.monitoring import Metrics, TaskTracker
+from asyncproof.monitoring import Metrics, TaskTracker, watch_executor
 
 log = logging.getLogger("asyncproof.tasks")
 
@@ -48,8 +48,12 @@ class TaskRunner:
     def __init__(self, store: TaskStore, metrics: Metrics, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self.metrics = metrics
         self.trackers = {style: TaskTracker(metrics, style) for style in IN_PROCESS_STYLES}
         self.threads = ThreadPoolExecutor(settings.executor_threads, thread_name_prefix="asyncproof-work")
+        # executor_pending_work_items / executor_busy_workers / executor_max_workers, labelled like
+        # the tasks' backend
+        watch_executor(self.threads, "executor", metrics)
         self._processes: ProcessPoolExecutor | None = None
         # Tasks of this worker that have not reached a terminal state.
         self.active: dict[str, asyncio.Task[None]] = {}
@@ -62,6 +66,7 @@ class TaskRunner:
             self._processes = ProcessPoolExecutor(
                 self.settings.process_pool_workers, mp_context=multiprocessing.get_context("spawn")
             )
+            watch_executor(self._processes, "process", self.metrics)
         return self._processes
 
     async def create(self, style: str) -> TaskRecord:

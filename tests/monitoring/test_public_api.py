@@ -31,6 +31,7 @@ EXPECTED = [
     "instrument_pool",
     "mark_process_dead",
     "sweep",
+    "watch_executor",
 ]
 
 
