@@ -1,11 +1,18 @@
-"""Runtime: event-loop lag per worker, the AnyIO threadpool, memory and CPU per worker."""
+"""Runtime: event-loop lag and stalls (which route blocked the loop), the AnyIO threadpool and the
+executors, memory and CPU per worker."""
 
 from asyncproof.monitoring.contract import (
     ANYIO_THREADPOOL_BORROWED,
     ANYIO_THREADPOOL_TOTAL,
     ANYIO_THREADPOOL_WAITING,
+    ASYNCIO_EVENT_LOOP_BLOCKED,
     ASYNCIO_EVENT_LOOP_LAG,
     ASYNCIO_EVENT_LOOP_LAG_MAX,
+    ASYNCIO_EVENT_LOOP_STALLED,
+    ASYNCIO_EVENT_LOOP_STALLS,
+    EXECUTOR_BUSY_WORKERS,
+    EXECUTOR_MAX_WORKERS,
+    EXECUTOR_PENDING_WORK,
     PROCESS_CPU_SECONDS,
     PROCESS_OPEN_FDS,
     PROCESS_RESIDENT_MEMORY,
@@ -80,6 +87,58 @@ dashboard = make_dashboard(
             "percentunit",
             0,
             24,
+            w=24,
+        ),
+        panel(
+            "Event-loop stalls per route (the route whose code held the loop; none: outside requests)",
+            [
+                (
+                    f"sum by (http_route) (rate({name(ASYNCIO_EVENT_LOOP_STALLS)}{{{selected}}}[{RATE}]))",
+                    "{{http_route}}",
+                )
+            ],
+            "short",
+            0,
+            32,
+        ),
+        panel(
+            "Share of time the loop was blocked, per route",
+            [
+                (
+                    f"sum by (http_route) (rate({name(ASYNCIO_EVENT_LOOP_BLOCKED)}{{{selected}}}[{RATE}]))",
+                    "{{http_route}}",
+                )
+            ],
+            "percentunit",
+            12,
+            32,
+        ),
+        panel(
+            "Current stall per worker (how long its loop has been stuck now)",
+            [(f"max by (pid) ({name(ASYNCIO_EVENT_LOOP_STALLED)}{{{selected}}})", "worker {{pid}}")],
+            "s",
+            0,
+            40,
+        ),
+        panel(
+            "Executors: busy workers / max workers",
+            [
+                (
+                    f"sum by (executor) ({name(EXECUTOR_BUSY_WORKERS)}{{{selected}}})"
+                    f" / sum by (executor) ({name(EXECUTOR_MAX_WORKERS)}{{{selected}}})",
+                    "{{executor}}",
+                )
+            ],
+            "percentunit",
+            12,
+            40,
+        ),
+        panel(
+            "Executors: work waiting for a worker",
+            [(f"sum by (executor) ({name(EXECUTOR_PENDING_WORK)}{{{selected}}})", "{{executor}}")],
+            "short",
+            0,
+            48,
             w=24,
         ),
     ],

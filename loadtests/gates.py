@@ -8,10 +8,14 @@ The file is YAML (or JSON), k6-like: each key names what is measured, each value
       probe: ["would_restart == 0"]
       server: ["loop_lag.p99 < 0.1", "threadpool.waiting.max == 0"]
       "task executor": ["completion.p95 < 5s", "polls_404 == 0"]
+      "route /work/async": ["stalls == 0", "blocked_seconds < 1s"]
 
 A condition is ``<figure> <op> <number>[ms|s|%]``. Endpoint figures are in milliseconds (``p50``,
 ``p90``, ``p95``, ``p99``, ``max``, ``avg``), plus ``fail_ratio``, ``count`` and ``rps``; a bare
-number is in the figure's unit, ``1s`` and ``1000ms`` are the same time. Pure Python: the Locust plugin
+number is in the figure's unit, ``1s`` and ``1000ms`` are the same time. ``server`` and ``route
+<template>`` (a route as ``http_route`` names it) have ``stalls`` and ``blocked_seconds``: what the
+server's stall watchdog counted during the run; a route the server never counted a request or a stall
+for is not measured, so a misspelt one fails instead of passing by silence. Pure Python: the Locust plugin
 and ``asyncproof prove`` both use it.
 """
 
@@ -62,7 +66,11 @@ SERVER_FIGURES = {
     "threadpool.waiting.max": "count",
     "threadpool.borrowed.max": "count",
     "scrapes_failed": "count",
+    "stalls": "count",  # event-loop stalls the server's watchdog counted during the run
+    "blocked_seconds": "s",
 }
+# A route of the server (its http_route template): what its code did to the event loop.
+ROUTE_FIGURES = {"stalls": "count", "blocked_seconds": "s"}
 TASK_FIGURES = {
     "completion.p50": "s",
     "completion.p95": "s",
@@ -112,6 +120,8 @@ def _figures_for(target: str) -> dict[str, str]:
         return SERVER_FIGURES
     if target.startswith("task "):
         return TASK_FIGURES
+    if target.startswith("route "):
+        return ROUTE_FIGURES
     return ENDPOINT_FIGURES
 
 
@@ -181,6 +191,8 @@ def _observed(condition: Condition, results: Mapping[str, Any]) -> list[float | 
         return [results.get("server", {}).get(figure)]
     if target.startswith("task "):
         return [results.get("tasks", {}).get(target[5:], {}).get(figure)]
+    if target.startswith("route "):  # a route the server never counted is not measured
+        return [results.get("server", {}).get("routes", {}).get(target[6:], {}).get(figure)]
     endpoints = results.get("endpoints", {})
     if target == "*":
         return [summary.get(figure) for summary in endpoints.values()] or [None]

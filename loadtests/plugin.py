@@ -195,6 +195,10 @@ class Run:
         figures["loop_lag.max"] = max(scrape.lag_max for scrape in scrapes)
         figures["threadpool.waiting.max"] = max(scrape.threadpool_waiting for scrape in scrapes)
         figures["threadpool.borrowed.max"] = max(scrape.threadpool_borrowed for scrape in scrapes)
+        routes = stats.stalls_between(scrapes[0], scrapes[-1])
+        figures["stalls"] = sum(route["stalls"] for route in routes.values())
+        figures["blocked_seconds"] = round(sum(route["blocked_seconds"] for route in routes.values()), 3)
+        figures["routes"] = routes
         last = scrapes[-1].rss_by_pid
         figures["workers"] = len(last)
         figures["rss_bytes_per_worker"] = round(sum(last.values()) / len(last)) if last else None

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -221,6 +222,33 @@ def observe(results: dict[str, Any], scenario: Scenario, workers_replaced: int) 
     return verdict
 
 
+# The stall watchdog's log lines (asyncproof.monitoring.stalls): each stall at a place the first
+# time, then one line per interval for the stalls held back there ("over N more stalls ...").
+_STALL_LINE = re.compile(
+    r"event loop blocked [0-9.]+ s (?P<so_far>so far )?(?:in \S+ \S+|outside any request) "
+    r"(?:at (?P<place>.+?)|outside application code)"
+    r"(?: over (?P<more>\d+) more stalls? in the last [0-9.]+ s \([0-9.]+ s the longest\))?$"
+)
+
+
+def blocked_at(log: Path) -> str | None:
+    """Where the server's code blocked its event loop most often during the run, as the stall
+    watchdog names it (``asyncproof/app/work.py:88 in run_inline (time.sleep)``); ``None`` when it
+    logged no stall."""
+    counts: dict[str, int] = {}
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        match = _STALL_LINE.search(line)
+        if match is None or match.group("so_far"):  # an ongoing stall is logged again once it ends
+            continue
+        place = match.group("place") or "outside application code"
+        counts[place] = counts.get(place, 0) + int(match.group("more") or 1)
+    return max(counts, key=lambda place: counts[place]) if counts else None
+
+
 def row(scenario: Scenario, results: dict[str, Any], workers_replaced: int) -> dict[str, Any]:
     """The verdict table's figures for one scenario."""
     submit = results.get("endpoints", {}).get(scenario.submit, {})
@@ -241,6 +269,7 @@ def row(scenario: Scenario, results: dict[str, Any], workers_replaced: int) -> d
         # the longest stall a scrape saw, a blocked worker's included (it cannot report it itself)
         "loop_lag_max_s": None if lag_max is None else round(lag_max, 3),
         "threadpool_waiting_max": server.get("threadpool.waiting.max"),
+        "stalls": server.get("stalls"),
         "task_p95_s": task.get("completion.p95"),
         "polls_404": task.get("polls_404", 0) if scenario.style else None,
         "unfinished": task.get("unfinished", 0) if scenario.style else None,
@@ -332,6 +361,8 @@ class Prover:
         replaced = len(before - after)
         observed = observe(results, scenario, replaced) if results else f"{ERRORS} (locust exited {code})"
         figures = row(scenario, results, replaced)
+        # the line of code its stall watchdog saw blocking the loop ("none": the loop never stalled)
+        figures["blocked_at"] = blocked_at(folder / "server.log") or "none"
         return {**base, **figures, "observed": observed, "match": observed == scenario.expected}
 
     def _worker(self, scenario: Scenario, env: dict[str, str], folder: Path) -> Any:

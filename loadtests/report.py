@@ -27,11 +27,13 @@ COLUMNS = (
     ("would_restart", "restarts", "{}"),
     ("loop_lag_p99_s", "lag p99 s", "{:.3f}"),
     ("loop_lag_max_s", "lag max s", "{:.2f}"),
+    ("stalls", "stalls", "{:.0f}"),
     ("threadpool_waiting_max", "pool wait", "{:.0f}"),
     ("task_p95_s", "task p95 s", "{:.2f}"),
     ("polls_404", "404 polls", "{}"),
     ("unfinished", "unfinished", "{}"),
     ("throughput_rps", "rps", "{:.1f}"),
+    ("blocked_at", "blocked at", "{}"),
     ("expected", "EXPECTED", "{}"),
     ("observed", "OBSERVED", "{}"),
 )

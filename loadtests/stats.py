@@ -130,6 +130,10 @@ class Scrape:
     threadpool_waiting: float = 0.0  # summed over workers
     threadpool_borrowed: float = 0.0
     rss_by_pid: dict[str, float] = field(default_factory=dict)
+    # event-loop stalls and the seconds they held the loop, summed over workers: route -> total
+    stalls: dict[str, float] = field(default_factory=dict)
+    blocked_seconds: dict[str, float] = field(default_factory=dict)
+    routes: set[str] = field(default_factory=set)  # routes the request histogram has counted
 
 
 def parse_scrape(text: str, when: float) -> Scrape:
@@ -142,9 +146,20 @@ def parse_scrape(text: str, when: float) -> Scrape:
         contract.ANYIO_THREADPOOL_BORROWED.exposed_name: "threadpool_borrowed",
     }
     rss = contract.PROCESS_RESIDENT_MEMORY.exposed_name
+    by_route = {
+        contract.ASYNCIO_EVENT_LOOP_STALLS.exposed_name: scrape.stalls,
+        contract.ASYNCIO_EVENT_LOOP_BLOCKED.exposed_name: scrape.blocked_seconds,
+    }
+    requests = contract.HTTP_SERVER_REQUEST_DURATION.name + "_count"
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == lag + "_bucket":
+            if sample.name in by_route:
+                totals = by_route[sample.name]
+                route = sample.labels.get("http_route", "")
+                totals[route] = totals.get(route, 0.0) + sample.value
+            elif sample.name == requests:
+                scrape.routes.add(sample.labels.get("http_route", ""))
+            elif sample.name == lag + "_bucket":
                 bound = float(sample.labels["le"])
                 scrape.lag_buckets[bound] = scrape.lag_buckets.get(bound, 0.0) + sample.value
             elif sample.name in names:
@@ -175,3 +190,18 @@ def lag_quantile_between(first: Scrape, last: Scrape, fraction: float) -> float 
         running = max(running, delta)
         cumulative.append((bound, running))
     return histogram_quantile(fraction, cumulative)
+
+
+def stalls_between(first: Scrape, last: Scrape) -> dict[str, dict[str, float]]:
+    """Event-loop stalls and blocked seconds per route between two scrapes: every route the server
+    counted requests for (0 when none of its code stalled the loop) and ``none`` when code outside
+    any request did. Counters that went back (a worker's restart) count from zero."""
+    routes = last.routes | set(last.stalls) | set(last.blocked_seconds)
+    figures = {}
+    for route in sorted(routes):
+        stalls = last.stalls.get(route, 0.0) - first.stalls.get(route, 0.0)
+        blocked = last.blocked_seconds.get(route, 0.0) - first.blocked_seconds.get(route, 0.0)
+        if stalls < 0 or blocked < 0:
+            stalls, blocked = last.stalls.get(route, 0.0), last.blocked_seconds.get(route, 0.0)
+        figures[route] = {"stalls": round(stalls), "blocked_seconds": round(blocked, 3)}
+    return figures

@@ -21,7 +21,16 @@ RESULTS = {
         "GET /tasks/{id}": {"p99": 12.0, "p50": 3.0, "fail_ratio": 0.02, "count": 400, "rps": 40.0},
     },
     "probe": {"would_restart": 2, "would_unready": 0, "failures": 7, "liveness.p99": 1000.0},
-    "server": {"loop_lag.p99": 0.4, "threadpool.waiting.max": 0.0},
+    "server": {
+        "loop_lag.p99": 0.4,
+        "threadpool.waiting.max": 0.0,
+        "stalls": 3,
+        "blocked_seconds": 0.9,
+        "routes": {
+            "/work/async": {"stalls": 3, "blocked_seconds": 0.9},
+            "/work/thread": {"stalls": 0, "blocked_seconds": 0.0},
+        },
+    },
     "tasks": {"executor": {"completion.p95": 0.3, "polls_404": 12}},
 }
 
@@ -48,6 +57,11 @@ def outcome_of(target: str, text: str) -> tuple[bool, float | None]:
         ("server", "threadpool.waiting.max == 0", True, 0.0),
         ("task executor", "completion.p95 < 500ms", True, 0.3),
         ("task executor", "polls_404 == 0", False, 12.0),
+        ("server", "stalls == 0", False, 3.0),
+        ("server", "blocked_seconds < 1s", True, 0.9),
+        ("route /work/async", "stalls == 0", False, 3.0),
+        ("route /work/async", "blocked_seconds < 500ms", False, 0.9),
+        ("route /work/thread", "stalls == 0", True, 0.0),  # counted requests, never stalled
     ],
 )
 def test_conditions_are_checked_in_the_figures_unit(
@@ -62,6 +76,7 @@ def test_conditions_are_checked_in_the_figures_unit(
         ("POST /nowhere", "p99 < 1000ms"),  # an endpoint the run never called
         ("task queue", "completion.p95 < 5s"),  # a style that did not run
         ("server", "loop_lag.max < 1"),  # a figure the server did not report (no /metrics)
+        ("route /work/asnyc", "stalls == 0"),  # a route the server never counted (misspelt)
     ],
 )
 def test_a_figure_nobody_measured_fails_its_gate(target: str, text: str) -> None:
@@ -76,6 +91,7 @@ def test_a_figure_nobody_measured_fails_its_gate(target: str, text: str) -> None
         ("probe", "p99 < 1s", "unknown figure 'p99'"),
         ("POST /x", "fail_ratio < 10ms", "does not fit"),
         ("server", "loop_lag.p99 < 5%", "does not fit"),
+        ("route /work/async", "p99 < 1s", "unknown figure 'p99'"),
     ],
 )
 def test_bad_conditions_are_refused_with_what_to_write(target: str, text: str, message: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +17,13 @@ from asyncproof.loadtests.prove import (
     SCENARIOS,
     WORKER_KILLED,
     Scenario,
+    blocked_at,
     mismatches,
     observe,
     row,
 )
 from asyncproof.loadtests.report import table
+from asyncproof.monitoring import stalls
 
 EXECUTOR = next(s for s in SCENARIOS if s.name == "executor-sqlite")
 
@@ -97,3 +101,43 @@ def test_table_shows_figures_verdicts_and_mismatches() -> None:
     assert "skipped: no Redis" in third
     assert "MISMATCH" not in third
     assert mismatches(report) == ["bad"]
+
+
+def stall(route: str, place: str | None, call: str | None, seconds: float) -> stalls.Stall:
+    return stalls.Stall(
+        route=route,
+        method="GET",
+        place=place,
+        call=call,
+        frames=(),
+        request_id=None,
+        started=0.0,
+        detected=0.0,
+        seconds=seconds,
+        samples=3,
+    )
+
+
+def test_blocked_at_names_where_most_stalls_were_from_the_watchdogs_own_lines(tmp_path: Path) -> None:
+    # the server's log as a server without logging configured writes it: the messages alone
+    log = tmp_path / "server.log"
+    handler = logging.FileHandler(log)
+    logger = logging.getLogger("asyncproof.stalls")
+    logger.addHandler(handler)
+    try:
+        work = stall("/work/async", "asyncproof/app/work.py:88 in run (time.sleep)", None, 0.3)
+        stalls._log(work, 0.3)
+        stalls._log(stall("/items/{id}", "app/items.py:12 in get", "json.dumps", 0.2), 0.2)
+        stalls._log(stall("none", None, None, 0.15), 0.15)
+        stalls._log(stall("none", None, None, 0.15), 0.15)
+        stalls._log(work, 1.5, ongoing=True)  # the same stall again once it ends: not counted twice
+        window = stalls._Window(until=60.0, count=3, seconds=0.9, longest=0.3, last=work)
+        stalls._log_summary(window, work, 60.0)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert blocked_at(log) == "asyncproof/app/work.py:88 in run (time.sleep)"  # 1 + 3 more
+    log.write_text("started\nevent loop blocked 0.20 s outside any request outside application code\n")
+    assert blocked_at(log) == "outside application code"
+    log.write_text("started\nnothing blocked\n")
+    assert blocked_at(log) is None

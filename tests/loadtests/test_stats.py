@@ -12,6 +12,7 @@ from asyncproof.loadtests.stats import (
     parse_scrape,
     per_second,
     percentile,
+    stalls_between,
     summarize,
 )
 from asyncproof.monitoring.metrics import Metrics
@@ -83,3 +84,26 @@ def test_lag_quantile_covers_only_what_happened_between_two_scrapes() -> None:
     # a worker restarted: its counts went down; nothing goes negative
     restarted = Scrape(time=10, lag_buckets=dict(zip(bounds, (500.0, 500.0, 500.0), strict=True)))
     assert lag_quantile_between(first, restarted, 0.99) is None
+
+
+def test_stalls_per_route_are_what_happened_between_two_scrapes() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.http_recorder.record(("GET", "/work/async", 200), 0.3)
+    metrics.http_recorder.record(("GET", "/items/{id}", 200), 0.01)
+    metrics.loop_stalls.labels("/work/async").inc(2)
+    metrics.loop_blocked.labels("/work/async").inc(0.6)
+    first = parse_scrape(generate_latest(registry).decode(), when=0.0)
+    metrics.loop_stalls.labels("/work/async").inc(3)
+    metrics.loop_blocked.labels("/work/async").inc(0.95)
+    metrics.loop_stalls.labels("none").inc()
+    metrics.loop_blocked.labels("none").inc(0.2)
+    last = parse_scrape(generate_latest(registry).decode(), when=10.0)
+    assert stalls_between(first, last) == {
+        "/items/{id}": {"stalls": 0, "blocked_seconds": 0.0},  # counted requests, never stalled
+        "/work/async": {"stalls": 3, "blocked_seconds": 0.95},
+        "none": {"stalls": 1, "blocked_seconds": 0.2},
+    }
+    # a worker restarted in between: its counters start again from zero
+    restarted = Scrape(time=20, stalls={"/work/async": 1.0}, blocked_seconds={"/work/async": 0.25})
+    assert stalls_between(last, restarted)["/work/async"] == {"stalls": 1, "blocked_seconds": 0.25}

@@ -63,6 +63,7 @@ def test_every_alert_the_stack_promises_exists() -> None:
         "LatencySLOBurnFast",
         "LatencySLOBurnSlow",
         "EventLoopLagHigh",
+        "EventLoopBlockedByRoute",
         "ThreadpoolSaturated",
         "TaskFailureRatioHigh",
         "TaskBacklogGrowing",
