@@ -142,7 +142,7 @@ def _find_template(routes: Iterable[BaseRoute], scope: Scope) -> str | None:
         if match is Match.NONE:
             continue
         if isinstance(route, (Mount, Host)):
-            inner_routes = route.routes
+            inner_routes = _inner_routes(route)  # a router behind middleware included
             if not inner_routes:  # a mounted app without routes (StaticFiles): its Mount's template
                 found: str | None = getattr(route, "path", None)
             else:

@@ -24,6 +24,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+import fastapi  # noqa: F401  (stall_work's app is a FastAPI one: not for the Starlette-only compat cell)
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
@@ -179,6 +180,36 @@ async def test_without_the_timerfd_alarm_the_thread_looks_once_per_threshold(
         (stall,) = await settled(instrumentation.watchdog, 1)
     assert (stall.route, stall.place) == ("/sleep", at("sleep", "sleep"))
     assert stall.detected - stall.started < 0.1 + 0.2
+
+
+async def test_an_idle_loop_is_not_woken_by_the_tick_and_a_stall_as_it_wakes_is_caught_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ticks: list[float] = []
+    tick = StallWatchdog._tick
+
+    def counting(watchdog: StallWatchdog) -> None:
+        ticks.append(time.monotonic())
+        tick(watchdog)
+
+    monkeypatch.setattr(StallWatchdog, "_tick", counting)
+    app, instrumentation = create_app(registry=CollectorRegistry())
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    async with client_for(app) as client:
+        watchdog = instrumentation.watchdog
+        assert watchdog is not None
+        await asyncio.sleep(0.2)
+        ticks.clear()
+        await asyncio.sleep(1.0)  # idle, but for the runtime sampler's ten wake-ups a second
+        idle_ticks = len(ticks)
+        # the loop wakes for this request and blocks at once: caught as if it had been ticking
+        await client.get("/sleep?seconds=0.3")
+        (stall,) = await settled(watchdog, 1)
+    assert idle_ticks < 40, idle_ticks  # a tick every 10 ms would be 100
+    assert stall.route == "/sleep"
+    assert stall.detected - stall.started <= 0.1 + 0.03
+    assert stall.seconds == pytest.approx(0.3, abs=TOLERANCE)
+    assert "select" not in vars(selector)  # the hook in front of select() is gone with the watchdog
 
 
 async def test_a_short_block_is_no_stall() -> None:
