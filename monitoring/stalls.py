@@ -3,7 +3,11 @@
 A callback on the loop stamps the time every :data:`TICK` seconds and, on Linux, pushes back an
 alarm (a timerfd) by the tick and the stall threshold. A daemon thread waits on that alarm, which
 fires only once the loop has run no callback for the threshold, so the thread does not wake while
-the loop runs (elsewhere it wakes once per threshold and compares the stamp with the clock). While
+the loop runs (elsewhere it wakes once per threshold and compares the stamp with the clock). On
+asyncio's own loop the tick does not wake an idle loop either: when it finds nothing else ready to
+run, the loop is about to wait for events and cannot stall until they come, so the tick stops and a
+hook in front of the selector's ``select()`` starts it again (and re-arms the alarm) as the loop
+wakes, before any callback runs. uvloop waits in C, out of reach: there the tick runs throughout. While
 the stall lasts it samples the loop thread's stack (``sys._current_frames()``) every
 :data:`SAMPLE_INTERVAL` seconds (less often as a long stall goes on). A stall is attributed
 
@@ -315,6 +319,10 @@ class _Alarm:
     def arm(self) -> None:
         self._settime(self.fd, 0, self._spec_ref, None)
 
+    def disarm(self) -> None:
+        """Never fire, until armed again."""
+        self._settime(self.fd, 0, ctypes.byref(_Itimerspec()), None)
+
     def wait(self, timeout: float | None) -> None:
         """Until the alarm fires, or ``timeout`` seconds."""
         with contextlib.suppress(InterruptedError):
@@ -365,6 +373,15 @@ class StallWatchdog:
         self._resumed = (0.0, 0.0)  # (the stamp the loop resumed after, when it resumed)
         self._handle: asyncio.TimerHandle | None = None
         self._alarm: _Alarm | None = None
+        # asyncio's own loop waits for events in its selector's select(): while it does, it cannot be
+        # stalled, and the tick sleeps rather than wake it 100 times a second (see _tick). Other loops
+        # (uvloop waits in C) tick all the time.
+        selector = getattr(loop, "_selector", None)
+        self._selector = selector if callable(getattr(selector, "select", None)) else None
+        self._asleep = False  # the tick sleeps until select() returns
+        self._hook = self._woken  # one bound method, told apart from whatever else is there
+        self._select: Any = None  # the select() the hook stands in front of
+        self._shadowed: Any = None  # a select() set on the selector object itself, put back after
         # Held while the watchdog runs; its thread sleeps by waiting for it (one timed wait: cheaper
         # than an Event's, which this thread does ten times a second), stop() releases it.
         self._running = threading.Lock()
@@ -435,6 +452,7 @@ class StallWatchdog:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._unhook()
         if self._alarm is not None:
             self._alarm.ring()
         if self.thread is not None and self.thread is not threading.current_thread():
@@ -456,9 +474,43 @@ class StallWatchdog:
         if now - self._ran > self.tick + self.threshold / 2:
             self._resumed = (self._ran, now)  # when a stall ended, for the thread to read
         self._ran = now
+        if self._selector is not None and not self.loop._ready:  # type: ignore[attr-defined]
+            # Nothing else is ready to run: the loop waits for events once this tick returns, so
+            # it cannot stall before select() returns. The tick sleeps until then; the hook in front
+            # of select() wakes it (and arms the alarm) before any callback runs.
+            self._asleep = True
+            self._handle = None
+            if self._alarm is not None:
+                self._alarm.disarm()
+            self._select = self._selector.select
+            self._shadowed = vars(self._selector).get("select")
+            self._selector.select = self._hook
+            return
         if self._alarm is not None:
             self._alarm.arm()  # pushed back: it fires only if the loop misses ticks for the threshold
         self._handle = self.loop.call_later(self.tick, self._tick)
+
+    def _woken(self, timeout: float | None = None) -> Any:
+        """In front of the selector's select() while the tick sleeps: once it returns, before any
+        callback runs, the loop is awake and ticking again (once per sleep: the hook goes away)."""
+        try:
+            return self._select(timeout)
+        finally:
+            self._unhook()
+            if not self._stopping:
+                self._ran = time.monotonic()
+                if self._alarm is not None:
+                    self._alarm.arm()
+                self._asleep = False  # after _ran: the thread must not see an old stamp as a stall
+                self._handle = self.loop.call_later(self.tick, self._tick)
+
+    def _unhook(self) -> None:
+        selector = self._selector
+        if selector is not None and vars(selector).get("select") is self._hook:
+            if self._shadowed is None:
+                del selector.select  # the class's own select() again
+            else:
+                selector.select = self._shadowed  # what someone else had put there
 
     # -- on the watchdog's thread
 
@@ -474,10 +526,14 @@ class StallWatchdog:
         now = time.monotonic()
         if now >= self._next_summary:
             self._summarize(now)
+        # _asleep first: the loop sets _ran before it clears _asleep on waking (a stamp read before
+        # the wake with _asleep read after it would look like a stall since the stamp)
+        asleep = self._asleep
         ran = self._ran
-        overdue = now - ran - self.tick
+        overdue = 0.0 if asleep else now - ran - self.tick
         if overdue < self.threshold:
-            # Asleep until the tick is overdue by the threshold (a summary may be due before).
+            # Asleep until the tick is overdue by the threshold (a summary may be due before); while
+            # the loop waits for events (its tick asleep too) the alarm is off until it wakes.
             summary = self._next_summary - now
             if self._alarm is not None and overdue <= 0:  # the loop ticks: it keeps the alarm off
                 self._alarm.wait(None if summary == math.inf else summary)
