@@ -163,9 +163,10 @@ class RuntimeSampler:
             await asyncio.sleep(self.interval)
             now = loop.time()
             lag = max(0.0, now - expected)
-            if provisional.pending:  # the stall watchdog observed a stall as it went: this replaces it
-                provisional.take(loop)
-            lag_histogram.observe(lag)
+            # The stall watchdog observed a stall as it went: this tick's lag settles that observation
+            # (its bucket) instead of being observed a second time.
+            if not (provisional.pending and provisional.take(loop, lag)):
+                lag_histogram.observe(lag)
             self._lag_max = max(self._lag_max, lag)
             try:
                 self.sample_threadpool()

@@ -36,9 +36,10 @@ counted, with its full length, when the function returns.
 Metrics (:mod:`asyncproof.monitoring.contract`): ``asyncio_event_loop_stalls_total{http_route}`` when
 a stall is detected, ``asyncio_event_loop_blocked_seconds_total{http_route}`` while it lasts, and
 ``asyncio_event_loop_stalled_seconds`` (the current stall, 0 while the loop runs). The lag
-histogram gets a provisional observation during the stall, moved between buckets as it grows, so
+histogram gets a provisional observation during the stall (in +Inf, the sum growing with it), so
 the stall is there even if the worker is killed before its loop runs again; the runtime sampler
-replaces it with the lag it measures itself when the loop resumes (:class:`ProvisionalLag`).
+moves it to the bucket of the lag it measures itself when the loop resumes, and observes nothing
+more for that tick (:class:`ProvisionalLag`; counts and sum never go down).
 
 A record per stall goes to the ``asyncproof.stalls`` logger at WARNING, once the stall is over (and
 once while it lasts, when that is longer than :attr:`StallWatchdog.ongoing_after`): the first of each
@@ -92,56 +93,58 @@ _REQUEST_ID_CODE = RequestIdMiddleware.__call__.__code__
 
 
 class _Observation:
-    __slots__ = ("index", "loop", "taken", "value")
+    __slots__ = ("loop", "taken", "value")
 
-    def __init__(self, loop: object, index: int, value: float) -> None:
+    def __init__(self, loop: object, value: float) -> None:
         self.loop = loop
-        self.index = index
-        self.value = value
+        self.value = value  # what it has added to the sum so far
         self.taken = False
 
 
 class ProvisionalLag:
     """Observations the watchdog wrote into the lag histogram for stalls still going on.
 
-    The watchdog adds one when it detects a stall and moves it between buckets as the stall grows
-    (through the histogram's own bucket and sum values, which are shared memory in multiprocess
-    mode: a worker killed in the stall leaves it in its file). The runtime sampler, the next time it
-    runs on that loop, takes them out (:meth:`take`) and observes the lag it measured itself, so a
-    stall is observed once.
+    The watchdog adds one when it detects a stall, through the histogram's own bucket and sum values
+    (shared memory in multiprocess mode: a worker killed in the stall leaves it in its file). Until
+    its length is known it sits in the +Inf bucket, and the sum grows with the stall: a histogram's
+    cumulative counts and its sum must never go down (Prometheus would read a counter reset), and
+    moving an observation from a lower bucket to a higher one would lower the counts in between,
+    where moving it out of +Inf only raises them. The runtime sampler, the next time it runs on that
+    loop, hands over the lag it measured (:meth:`take`): the observation moves to that lag's bucket
+    and stands for the sampler's own, so the stall is observed once. A worker killed in a stall
+    leaves it in +Inf, its length so far in the sum.
     """
 
     def __init__(self, histogram: Any) -> None:
         self._histogram = histogram
         self._bounds: list[float] = list(histogram._upper_bounds)
+        self._inf = len(self._bounds) - 1  # the +Inf bucket
         self._lock = threading.Lock()
         self._held: list[_Observation] = []
         self.pending = False  # read without the lock by the sampler on every tick
 
     def observe(self, loop: object, value: float) -> _Observation:
-        observation = _Observation(loop, bisect_left(self._bounds, value), value)
+        observation = _Observation(loop, value)
         with self._lock:
-            self._histogram._buckets[observation.index].inc(1.0)
+            self._histogram._buckets[self._inf].inc(1.0)
             self._histogram._sum.inc(value)
             self._held.append(observation)
             self.pending = True
         return observation
 
     def move(self, observation: _Observation, value: float) -> None:
-        """Make ``observation`` one of ``value``; nothing once the sampler has taken it."""
-        index = bisect_left(self._bounds, value)
+        """The stall of ``observation`` lasts ``value`` so far: the sum grows (never shrinks);
+        nothing once the sampler has taken it."""
         with self._lock:
-            if observation.taken:
+            if observation.taken or value <= observation.value:
                 return
-            if index != observation.index:
-                self._histogram._buckets[index].inc(1.0)
-                self._histogram._buckets[observation.index].inc(-1.0)
-                observation.index = index
             self._histogram._sum.inc(value - observation.value)
             observation.value = value
 
-    def take(self, loop: object) -> int:
-        """Remove the observations made for stalls of ``loop``; how many there were."""
+    def take(self, loop: object, lag: float) -> int:
+        """The sampler measured ``lag`` on ``loop``: the first observation of that loop's stalls
+        becomes one of ``lag`` (moved out of +Inf into its bucket; the sum only grows), any others
+        one of their own length. How many there were: when any, the sampler observes nothing more."""
         with self._lock:
             kept = []
             taken = 0
@@ -149,8 +152,13 @@ class ProvisionalLag:
                 if observation.loop is not loop:
                     kept.append(observation)
                     continue
-                self._histogram._buckets[observation.index].inc(-1.0)
-                self._histogram._sum.inc(-observation.value)
+                value = lag if taken == 0 else observation.value
+                index = bisect_left(self._bounds, value)
+                if index != self._inf:
+                    self._histogram._buckets[index].inc(1.0)
+                    self._histogram._buckets[self._inf].inc(-1.0)
+                if value > observation.value:
+                    self._histogram._sum.inc(value - observation.value)
                 observation.taken = True
                 taken += 1
             self._held = kept
