@@ -6,12 +6,11 @@ with the same meaning in 3.11, 3.12 and 3.13; a pool that lacks one (another Pyt
 version) goes without the gauge that needs it, and the fact is logged once.
 
 ``ThreadPoolExecutor``
-    pending: ``_work_queue.qsize()`` (submitted, not taken by a thread). busy: ``len(_threads)``
-    minus ``_idle_semaphore._value`` (each thread releases that semaphore when it finds the queue
-    empty, ``submit()`` takes one back when it hands work to an idle thread). The semaphore may count
-    a thread idle that is just picking up work, until the next ``submit()``; while work is queued no
-    thread stays idle for longer than a wake-up, so then every thread counts as busy. After
-    ``shutdown()`` the threads still alive are the busy ones.
+    pending: ``_work_queue.qsize()`` (submitted, not taken by a thread). busy: the pool's threads
+    (``_threads``) whose innermost Python frame is not ``concurrent.futures.thread._worker`` waiting
+    on the queue, read from ``sys._current_frames()`` (``_idle_semaphore`` over-counts idle threads
+    on 3.11); while work is queued no thread stays idle for longer than a wake-up, so then every
+    thread counts as busy. After ``shutdown()`` the threads still alive are the busy ones.
 ``ProcessPoolExecutor``
     ``_pending_work_items`` holds every work item not finished; ``_work_ids`` those not yet sent to
     the children. The sent ones run in a child or wait in the call queue (at most one more than there
@@ -28,10 +27,12 @@ import gc
 import logging
 import os
 import re
+import sys
 import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import thread as _thread_module
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from asyncproof.monitoring.contract import DEFAULT_EXECUTOR
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from asyncproof.monitoring.metrics import Metrics
 
 logger = logging.getLogger("asyncproof.runtime")
+
+_WORKER_CODE = _thread_module._worker.__code__  # a pool thread's loop: waiting for work, or running it
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
 
@@ -78,8 +81,17 @@ def _thread_pool(pool: Any, missing: list[str]) -> Reading:
         if queued:
             busy = len(threads)
         else:
-            idle = _get(missing, lambda: int(pool._idle_semaphore._value))
-            busy = None if idle is None else max(0, len(threads) - idle)
+            # A thread waiting for work has the pool's _worker as its innermost Python frame (blocked
+            # in the queue's C get()); one running a work item is deeper. Read from the threads'
+            # stacks: _idle_semaphore, which 3.12 and 3.13 keep exact, over-counts idle threads on
+            # 3.11 (released after every item, not only when the queue is empty).
+            frames = sys._current_frames()
+            busy = sum(
+                1
+                for thread in threads
+                if (frame := frames.get(thread.ident or -1)) is not None and frame.f_code is not _WORKER_CODE
+            )
+            del frames
     return Reading(queued, busy, max_workers, finished=False)
 
 
