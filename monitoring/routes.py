@@ -131,6 +131,7 @@ def _leaf_routes(routes: Iterable[Any], depth: int = 0) -> Iterator[Any]:
 
 
 _labellers = itertools.count()
+_NOT_CACHED = object()
 
 
 def _find_template(routes: Iterable[BaseRoute], scope: Scope) -> str | None:
@@ -304,8 +305,10 @@ class RouteLabels:
         return UNMATCHED_ROUTE
 
     def _mount_chain(self, added: str) -> tuple[str, Mount] | None:
-        if added in self._mount_chains:
-            return self._mount_chains[added]
+        # one look-up: the stall watchdog's thread may clear the cache between a check and a read
+        cached = self._mount_chains.get(added, _NOT_CACHED)
+        if cached is not _NOT_CACHED:
+            return cached  # type: ignore[return-value]
         try:
             found = _mount_chain(getattr(self.app, "routes", ()), added) if added else None
         except Exception:  # a router of another make: its request must still be counted
