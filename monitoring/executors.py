@@ -7,10 +7,10 @@ version) goes without the gauge that needs it, and the fact is logged once.
 
 ``ThreadPoolExecutor``
     pending: ``_work_queue.qsize()`` (submitted, not taken by a thread). busy: the pool's threads
-    (``_threads``) whose innermost Python frame is not ``concurrent.futures.thread._worker`` waiting
-    on the queue, read from ``sys._current_frames()`` (``_idle_semaphore`` over-counts idle threads
-    on 3.11); while work is queued no thread stays idle for longer than a wake-up, so then every
-    thread counts as busy. After ``shutdown()`` the threads still alive are the busy ones.
+    (``_threads``) with ``_WorkItem.run`` on their stack, read from ``sys._current_frames()``
+    (``_idle_semaphore`` over-counts idle threads on 3.11); while work is queued no thread stays
+    idle for longer than a wake-up, so then every thread counts as busy. After ``shutdown()`` the
+    threads still alive are the busy ones.
 ``ProcessPoolExecutor``
     ``_pending_work_items`` holds every work item not finished; ``_work_ids`` those not yet sent to
     the children. The sent ones run in a child or wait in the call queue (at most one more than there
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asyncproof.runtime")
 
 _WORKER_CODE = _thread_module._worker.__code__  # a pool thread's loop: waiting for work, or running it
+_RUN_CODE = _thread_module._WorkItem.run.__code__  # one work item, called from that loop
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
 
@@ -81,18 +82,27 @@ def _thread_pool(pool: Any, missing: list[str]) -> Reading:
         if queued:
             busy = len(threads)
         else:
-            # A thread waiting for work has the pool's _worker as its innermost Python frame (blocked
-            # in the queue's C get()); one running a work item is deeper. Read from the threads'
-            # stacks: _idle_semaphore, which 3.12 and 3.13 keep exact, over-counts idle threads on
-            # 3.11 (released after every item, not only when the queue is empty).
+            # Read from the threads' stacks: _idle_semaphore, which 3.12 and 3.13 keep exact,
+            # over-counts idle threads on 3.11 (released after every item, not only when the queue
+            # is empty).
             frames = sys._current_frames()
-            busy = sum(
-                1
-                for thread in threads
-                if (frame := frames.get(thread.ident or -1)) is not None and frame.f_code is not _WORKER_CODE
-            )
+            busy = sum(_running_an_item(frames.get(thread.ident or -1)) for thread in threads)
             del frames
     return Reading(queued, busy, max_workers, finished=False)
+
+
+def _running_an_item(frame: Any) -> bool:
+    """Whether a pool thread whose innermost frame is ``frame`` runs a work item: ``_WorkItem.run``
+    is on its stack below the pool's ``_worker`` loop (waiting on the queue, or releasing the idle
+    semaphore between two items, it is not)."""
+    while frame is not None:
+        code = frame.f_code
+        if code is _RUN_CODE:
+            return True
+        if code is _WORKER_CODE:
+            return False
+        frame = frame.f_back
+    return False
 
 
 def _process_pool(pool: Any, missing: list[str]) -> Reading:

@@ -167,7 +167,10 @@ def test_the_default_executor_is_reported_once_the_loop_has_one(
         during = sampled(metrics, "default", loop)
         release.set()
         loop.run_until_complete(future)
-        after = sampled(metrics, "default", loop)
+        # the result reaches the loop while the thread may still be leaving its work item
+        deadline = time.monotonic() + 5
+        while (after := sampled(metrics, "default", loop)).get("busy") and time.monotonic() < deadline:
+            time.sleep(0.01)
         loop.run_until_complete(loop.shutdown_default_executor())
         shut_down = sampled(metrics, "default", loop)
     finally:
