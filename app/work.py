@@ -15,7 +15,10 @@ TASK_NAME = "work"
 
 
 class WorkRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The example is what `asyncproof audit` sends (schema examples come before generated data).
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"kind": "io", "duration_ms": 1000}]}
+    )
 
     kind: Literal["io", "cpu"] = Field(description="`io`: wait (a sleep); `cpu`: a busy loop holding the GIL")
     duration_ms: int = Field(ge=0, le=MAX_DURATION_MS, description="how long the work takes")

@@ -49,6 +49,23 @@ COMMANDS = (
         "load",
         ("fastapi", "pydantic_settings", "locust", "httpx", "matplotlib", "yaml"),
     ),
+    Command(
+        "audit",
+        "load a FastAPI app of your own route by route and judge each route (restarts, queues, ...)",
+        "asyncproof.loadtests.audit:audit",
+        "load",
+        (
+            "fastapi",
+            "gunicorn",
+            "uvicorn_worker",
+            "locust",
+            "httpx",
+            "matplotlib",
+            "yaml",
+            "schemathesis",
+            "dotenv",
+        ),
+    ),
 )
 
 
@@ -111,6 +128,70 @@ def _add_options(name: str, parser: argparse.ArgumentParser) -> None:
             metavar="SCENARIO",
             help="run only this scenario (repeatable); an unknown name lists the known ones",
         )
+    elif name == "audit":
+        _audit_options(parser)
+
+
+def _audit_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Serve your app (Gunicorn + Uvicorn workers, on loopback), load every route of its OpenAPI schema "
+        "alone and then all together with a kubelet-like prober running, and judge each route. Exit "
+        "codes: 0 as allowed, 1 a verdict the gates do not allow (default: anything but healthy), 3 a "
+        "failed gate, 2 bad input, 130 interrupted."
+    )
+    parser.add_argument(
+        "target", nargs="?", help="the app as MODULE:APP (e.g. app.main:app), as uvicorn takes it"
+    )
+    parser.add_argument(
+        "--url", help="audit a service already running here instead (it must expose asyncproof's /metrics)"
+    )
+    parser.add_argument(
+        "--app-dir", help="the project folder MODULE is imported from (default: the current one)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="Gunicorn workers (default: %(default)s)")
+    parser.add_argument(
+        "--worker-timeout", type=int, default=30, help="Gunicorn's worker timeout in s (default: %(default)s)"
+    )
+    parser.add_argument("--env-file", help="environment for the app and --setup (KEY=value lines, as .env)")
+    parser.add_argument(
+        "--setup",
+        help="run before the server starts: a callable package.module:function (a dict it returns is sent as "
+        "headers) or a shell command (migrations, seed data)",
+    )
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="sent with every request (repeatable)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="ROUTE",
+        help="load only these: 'GET /items/{id}', '/admin/*' or a tag",
+    )
+    parser.add_argument("--exclude", action="append", metavar="ROUTE", help="leave these out (same forms)")
+    parser.add_argument("--users", type=int, default=100, help="concurrent users (default: %(default)s)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=200,
+        help="requests per second in all, 0: no limit (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration", type=float, help="seconds of the all-together phase (default 30; --quick: 10)"
+    )
+    parser.add_argument("--quick", action="store_true", help="short phases: about 2 minutes for 20 routes")
+    parser.add_argument(
+        "--gates", help="gates file: thresholds (as the Locust plugin's) and allowed verdicts"
+    )
+    parser.add_argument(
+        "--out", default="asyncproof-audit", help="folder for the report (default: %(default)s)"
+    )
+    parser.add_argument("--health-path", default="/health", help="with --url: its health endpoints' prefix")
+    parser.add_argument("--metrics-url", help="with --url: where its /metrics is (default: URL/metrics)")
+    parser.add_argument("--openapi-path", default="/openapi.json", help="with --url: its schema's path")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -184,6 +184,19 @@ class Run:
             "series": self._series(int(duration) + 1),
         }
 
+    def raw(self) -> dict[str, Any]:
+        """Every sample and scrape as taken: for figures over parts of the run (``asyncproof audit``)."""
+        return {
+            "started": self.started,
+            "ended": self.ended or time.time(),
+            "samples": {key: list(samples) for key, samples in collector.samples.items()},
+            "counters": dict(collector.counters),
+            "scrapes": [stats.scrape_to_dict(scrape) for scrape in self.scraper.scrapes]
+            if self.scraper
+            else [],
+            "scrapes_failed": self.scraper.failed if self.scraper else 0,
+        }
+
     def _server_figures(self) -> dict[str, Any]:
         if self.scraper is None:
             return {}
@@ -306,6 +319,9 @@ def _options(parser: Any) -> None:
     group.add_argument("--gates", default="", help="SLO gates file (YAML/JSON); a failed gate exits 3")
     group.add_argument("--results-json", default="", help="write every figure of the run to this file")
     group.add_argument(
+        "--raw-json", default="", help="write the raw samples and server scrapes of the run to this file"
+    )
+    group.add_argument(
         "--scrape-url",
         default="",
         help="the app's /metrics: its metrics port's (http://HOST:PORT/metrics) keeps answering while "
@@ -391,3 +407,6 @@ def _quitting(environment: Environment, **_: Any) -> None:
     path = getattr(environment.parsed_options, "results_json", "") if environment.parsed_options else ""
     if path:
         Path(path).write_text(json.dumps(results, indent=1, sort_keys=True))
+    raw = getattr(environment.parsed_options, "raw_json", "") if environment.parsed_options else ""
+    if raw:
+        Path(raw).write_text(json.dumps(_run.raw()))

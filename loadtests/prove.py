@@ -26,18 +26,20 @@ import psutil
 
 from asyncproof.loadtests import report as reports
 from asyncproof.loadtests.processes import BIN, children, free_port, port_open, running, wait_for
+from asyncproof.loadtests.verdicts import (
+    ERRORS,
+    HEALTHY,
+    LOSES_POLLS,
+    QUEUES,
+    RESTARTS,
+    SKIPPED,
+    WORKER_KILLED,
+    judge,
+)
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 REDIS = ("127.0.0.1", 6379)
 BROKER_URL = "redis://127.0.0.1:6379/15"  # the queue scenario's broker; its queue is emptied first
-
-HEALTHY = "healthy"
-QUEUES = "queues"  # the threadpool is saturated: requests wait for a token
-RESTARTS = "restarts"  # liveness failed 3 times in a row: the kubelet would restart the pod
-LOSES_POLLS = "loses polls"  # GET /tasks/{id} answered 404 for a task that exists
-ERRORS = "errors"
-WORKER_KILLED = "worker killed"  # the server replaced a blocked worker
-SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -207,16 +209,13 @@ def observe(results: dict[str, Any], scenario: Scenario, workers_replaced: int) 
     server = results.get("server", {})
     task = results.get("tasks", {}).get(scenario.style, {})
     submit = results.get("endpoints", {}).get(scenario.submit, {})
-    if probe.get("would_restart", 0) > 0:
-        verdict = RESTARTS
-    elif task.get("polls_404", 0) > 0:
-        verdict = LOSES_POLLS
-    elif (server.get("threadpool.waiting.max") or 0) > 0:
-        verdict = QUEUES
-    elif task.get("unfinished", 0) > 0 or task.get("failed", 0) > 0 or submit.get("fail_ratio", 1.0) > 0.01:
-        verdict = ERRORS
-    else:
-        verdict = HEALTHY
+    verdict = judge(
+        would_restart=probe.get("would_restart", 0),
+        polls_404=task.get("polls_404", 0),
+        threadpool_waiting_max=server.get("threadpool.waiting.max"),
+        tasks_failed=task.get("unfinished", 0) + task.get("failed", 0),
+        fail_ratio=submit.get("fail_ratio"),
+    )
     if workers_replaced > 0:
         verdict += f", {WORKER_KILLED}"
     return verdict
@@ -226,7 +225,7 @@ def observe(results: dict[str, Any], scenario: Scenario, workers_replaced: int) 
 # time, then one line per interval for the stalls held back there ("over N more stalls ...").
 _STALL_LINE = re.compile(
     r"event loop blocked [0-9.]+ s (?P<so_far>so far )?(?:in \S+ \S+|outside any request) "
-    r"(?:at (?P<place>.+?)|outside application code)"
+    r"(?:at (?P<place>.+?)|(?P<outside>outside application code(?: \(\S+\))?))"
     r"(?: over (?P<more>\d+) more stalls? in the last [0-9.]+ s \([0-9.]+ s the longest\))?$"
 )
 
@@ -244,7 +243,7 @@ def blocked_at(log: Path) -> str | None:
         match = _STALL_LINE.search(line)
         if match is None or match.group("so_far"):  # an ongoing stall is logged again once it ends
             continue
-        place = match.group("place") or "outside application code"
+        place = match.group("place") or match.group("outside")
         counts[place] = counts.get(place, 0) + int(match.group("more") or 1)
     return max(counts, key=lambda place: counts[place]) if counts else None
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -205,3 +206,21 @@ def stalls_between(first: Scrape, last: Scrape) -> dict[str, dict[str, float]]:
             stalls, blocked = last.stalls.get(route, 0.0), last.blocked_seconds.get(route, 0.0)
         figures[route] = {"stalls": round(stalls), "blocked_seconds": round(blocked, 3)}
     return figures
+
+
+def scrape_to_dict(scrape: Scrape) -> dict[str, Any]:
+    """A scrape as JSON can hold it (bucket bounds as text: ``inf`` is not a JSON number)."""
+    data = asdict(scrape)
+    data["lag_buckets"] = [[repr(bound), count] for bound, count in sorted(scrape.lag_buckets.items())]
+    data["routes"] = sorted(scrape.routes)
+    return data
+
+
+def scrape_from_dict(data: dict[str, Any]) -> Scrape:
+    return Scrape(
+        **{
+            **data,
+            "lag_buckets": {float(bound): count for bound, count in data["lag_buckets"]},
+            "routes": set(data["routes"]),
+        }
+    )
