@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from asyncproof.loadtests.prove import SCENARIOS
-from tests.processes import BIN
+from tests.processes import BIN, free_port, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +160,51 @@ def test_ctrl_c_stops_every_process_the_audit_started(tmp_path: Path) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_setup_and_env_file_give_the_load_its_credentials(tmp_path: Path) -> None:
+    env_file = tmp_path / "audit.env"
+    env_file.write_text("# the app's settings\nBIGGER_APP_TOKEN=fake-super-secret-token\n")
+    out = tmp_path / "audit"
+    result = audit(
+        "app.main:app",
+        *("--quick", "--users", "5", "--rate", "20", "--duration", "2", "--only", "items"),
+        *("--env-file", str(env_file), "--setup", "audit_setup:token", "--out", str(out)),
+        cwd=BIGGER_APP,
+    )
+    output = result.stdout + result.stderr
+    rows = {row["route"]: row for row in json.loads((out / "report.json").read_text())["routes"]}
+    # the token the setup returned reached the router's header dependency: loaded, not refused
+    assert rows["GET /items/"]["verdict"] == "healthy", output
+    assert rows["GET /items/"]["requests"] > 0
+    assert rows["GET /users/"]["skipped"] == "not chosen by --only"
+    assert result.returncode == 0, output
+
+    failing = audit("app.main:app", "--setup", "exit 3", "--out", str(out), cwd=BIGGER_APP)
+    assert failing.returncode == 2
+    assert "--setup 'exit 3' failed (exit 3)" in failing.stderr
+
+
+def test_url_audits_a_service_that_is_already_running(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"ASYNCPROOF_STATE_DIR": str(tmp_path / "state")}
+    serve = [str(BIN / "asyncproof"), "serve", "--workers", "1", "--port", str(port)]
+    with running(serve, env=env, log=tmp_path / "server.log") as server:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{url}/health/ready", process=server)
+        out = tmp_path / "audit"
+        result = audit(
+            *("--url", url, "--quick", "--users", "5", "--rate", "20", "--duration", "2"),
+            *("--only", "GET /info", "--out", str(out)),
+            cwd=tmp_path,
+        )
+        assert server.poll() is None  # the audit leaves a service it did not start alone
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == url
+    (info,) = [row for row in report["routes"] if row["route"] == "GET /info"]
+    assert info["verdict"] == "healthy"
+    assert info["requests"] > 0
+    assert report["server"]["scrapes"] > 0  # its /metrics was read
+    assert not (out / "server.log").exists()
