@@ -613,6 +613,20 @@ def test_a_worker_killed_in_a_stall_leaves_the_stall_in_its_metric_files(tmp_pat
 
     with running([*command, "--port", str(port)], env=env, log=tmp_path / "server.log", cwd=ROOT) as server:
         wait_for(f"{url}/health/live", process=server)
+        # A stall of its own start (a loaded machine) must be over and measured first: the loop runs
+        # again (no stall now) and the sampler has observed twice since; otherwise it could still
+        # be in +Inf, unmeasured, when the worker is killed, and count as this test's stall.
+        pid = str(server.pid)
+        first = files().get((f"{LAG}_count", ()), 0.0)
+        quiet_by = time.monotonic() + 15
+        while time.monotonic() < quiet_by:
+            now = files()
+            if (
+                now.get((f"{LAG}_count", ()), 0.0) >= first + 2
+                and now.get((STALLED, (("pid", pid),)), 0.0) == 0
+            ):
+                break
+            time.sleep(0.05)
         before = files()
         lag_before = before.get((f"{LAG}_count", ()), 0.0)
         # lags over 1 s already (a slow start on a loaded machine): the stall's must come on top
