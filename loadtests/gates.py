@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from asyncproof.loadtests import results as R  # the figures' names, as contract is for metrics
+
 # Exit code of a run whose gates failed: distinct from Locust's 1 (requests failed) and 2 (usage).
 GATE_FAILED_EXIT_CODE = 3
 
@@ -48,37 +50,37 @@ _CONDITION = re.compile(
 
 # Figures each kind of target offers, with the unit a bare number is in.
 ENDPOINT_FIGURES = {
-    **{name: "ms" for name in ("p50", "p90", "p95", "p99", "max", "avg")},
-    "fail_ratio": "ratio",
-    "count": "count",
-    "rps": "count",
+    **{name: "ms" for name in (R.P50, R.P90, R.P95, R.P99, R.MAX, R.AVG)},
+    R.FAIL_RATIO: "ratio",
+    R.COUNT: "count",
+    R.RPS: "count",
 }
 PROBE_FIGURES = {
-    "would_restart": "count",
-    "would_unready": "count",
-    "failures": "count",
-    "liveness.p99": "ms",
-    "readiness.p99": "ms",
+    R.WOULD_RESTART: "count",
+    R.WOULD_UNREADY: "count",
+    R.FAILURES: "count",
+    R.LIVENESS_P99: "ms",
+    R.READINESS_P99: "ms",
 }
 SERVER_FIGURES = {
-    "loop_lag.p99": "s",
-    "loop_lag.max": "s",
-    "threadpool.waiting.max": "count",
-    "threadpool.borrowed.max": "count",
-    "scrapes_failed": "count",
-    "stalls": "count",  # event-loop stalls the server's watchdog counted during the run
-    "blocked_seconds": "s",
+    R.LOOP_LAG_P99: "s",
+    R.LOOP_LAG_MAX: "s",
+    R.THREADPOOL_WAITING_MAX: "count",
+    R.THREADPOOL_BORROWED_MAX: "count",
+    R.SCRAPES_FAILED: "count",
+    R.STALLS: "count",  # event-loop stalls the server's watchdog counted during the run
+    R.BLOCKED_SECONDS: "s",
 }
 # A route of the server (its http_route template): what its code did to the event loop.
-ROUTE_FIGURES = {"stalls": "count", "blocked_seconds": "s"}
+ROUTE_FIGURES = {R.STALLS: "count", R.BLOCKED_SECONDS: "s"}
 TASK_FIGURES = {
-    "completion.p50": "s",
-    "completion.p95": "s",
-    "completion.max": "s",
-    "submitted": "count",
-    "failed": "count",
-    "unfinished": "count",
-    "polls_404": "count",
+    R.COMPLETION_P50: "s",
+    R.COMPLETION_P95: "s",
+    R.COMPLETION_MAX: "s",
+    R.SUBMITTED: "count",
+    R.FAILED: "count",
+    R.UNFINISHED: "count",
+    R.POLLS_404: "count",
 }
 
 
@@ -192,7 +194,7 @@ def _observed(condition: Condition, results: Mapping[str, Any]) -> list[float | 
     if target.startswith("task "):
         return [results.get("tasks", {}).get(target[5:], {}).get(figure)]
     if target.startswith("route "):  # a route the server never counted is not measured
-        return [results.get("server", {}).get("routes", {}).get(target[6:], {}).get(figure)]
+        return [results.get("server", {}).get(R.ROUTES, {}).get(target[6:], {}).get(figure)]
     endpoints = results.get("endpoints", {})
     if target == "*":
         return [summary.get(figure) for summary in endpoints.values()] or [None]

@@ -26,14 +26,15 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from asyncproof.loadtests import gates, stats
+from asyncproof.loadtests import results as run_results
 from asyncproof.monitoring import contract
 
 log = logging.getLogger("asyncproof")
 
 SAMPLES_MESSAGE = "asyncproof_samples"
 SHIP_INTERVAL = 2.0
-PROBE_TYPE = "PROBE"
-TASK_TYPE = "TASK"
+PROBE_TYPE = run_results.PROBE_TYPE
+TASK_TYPE = run_results.TASK_TYPE
 
 
 class Collector:
@@ -145,44 +146,17 @@ class Run:
             self.users.append((time.time(), runner.user_count))
             gevent.sleep(1.0)
 
-    def results(self) -> dict[str, Any]:
-        ended = self.ended or time.time()
-        duration = max(ended - self.started, 1e-9)
-        endpoints: dict[str, Any] = {}
-        probes: dict[str, Any] = {}
-        tasks: dict[str, Any] = {}
-        for key, samples in sorted(collector.samples.items()):
-            request_type, _, name = key.partition(" ")
-            summary = stats.summarize(samples, duration)
-            if request_type == PROBE_TYPE:
-                probes[name] = summary.as_dict()
-            elif request_type == TASK_TYPE:
-                tasks[name] = _task_figures(summary)
-            else:
-                endpoints[key] = summary.as_dict()
-        for name, amount in collector.counters.items():
-            if name.startswith("task."):
-                _, style, figure = name.split(".", 2)
-                tasks.setdefault(style, _task_figures(stats.Summary()))[figure] = int(amount)
-        counters = collector.counters
-        probe = {
-            "would_restart": int(counters.get("probe.would_restart", 0)),
-            "would_unready": int(counters.get("probe.would_unready", 0)),
-            "failures": sum(int(p["failures"] or 0) for p in probes.values()),
-            **{f"{name}.p99": figures["p99"] for name, figures in probes.items()},
-        }
-        return {
-            "started": self.started,
-            "ended": ended,
-            "duration_seconds": round(duration, 3),
-            "host": self.environment.host,
-            "endpoints": endpoints,
-            "probes": probes,
-            "probe": probe,
-            "tasks": tasks,
-            "server": self._server_figures(),
-            "series": self._series(int(duration) + 1),
-        }
+    def results(self) -> run_results.Results:
+        return run_results.compute(
+            collector.samples,
+            collector.counters,
+            self.scraper.scrapes if self.scraper is not None else None,
+            scrapes_failed=self.scraper.failed if self.scraper is not None else 0,
+            users=self.users,
+            started=self.started,
+            ended=self.ended or time.time(),
+            host=self.environment.host,
+        )
 
     def raw(self) -> dict[str, Any]:
         """Every sample and scrape as taken: for figures over parts of the run (``asyncproof audit``)."""
@@ -196,77 +170,6 @@ class Run:
             else [],
             "scrapes_failed": self.scraper.failed if self.scraper else 0,
         }
-
-    def _server_figures(self) -> dict[str, Any]:
-        if self.scraper is None:
-            return {}
-        scrapes = self.scraper.scrapes
-        figures: dict[str, Any] = {"scrapes": len(scrapes), "scrapes_failed": self.scraper.failed}
-        if not scrapes:
-            return figures
-        figures["loop_lag.p99"] = stats.lag_quantile_between(scrapes[0], scrapes[-1], 0.99)
-        figures["loop_lag.max"] = max(scrape.lag_max for scrape in scrapes)
-        figures["threadpool.waiting.max"] = max(scrape.threadpool_waiting for scrape in scrapes)
-        figures["threadpool.borrowed.max"] = max(scrape.threadpool_borrowed for scrape in scrapes)
-        routes = stats.stalls_between(scrapes[0], scrapes[-1])
-        figures["stalls"] = sum(route["stalls"] for route in routes.values())
-        figures["blocked_seconds"] = round(sum(route["blocked_seconds"] for route in routes.values()), 3)
-        figures["routes"] = routes
-        last = scrapes[-1].rss_by_pid
-        figures["workers"] = len(last)
-        figures["rss_bytes_per_worker"] = round(sum(last.values()) / len(last)) if last else None
-        figures["rss_bytes_total"] = round(sum(last.values())) if last else None
-        return figures
-
-    def _series(self, seconds: int) -> dict[str, Any]:
-        """Per-second series for the report's charts."""
-        start = self.started
-        series: dict[str, Any] = {"second": list(range(seconds))}
-        requests_per_second = [0] * seconds
-        for key, samples in collector.samples.items():
-            slots = stats.per_second(samples, start, seconds)
-            request_type, _, name = key.partition(" ")
-            if request_type == PROBE_TYPE:
-                series[f"probe {name} max ms"] = [round(max(slot), 1) if slot else None for slot in slots]
-            elif request_type != TASK_TYPE:
-                series[f"{key} p50 ms"] = [
-                    round(stats.percentile(slot, 0.5) or 0, 1) if slot else None for slot in slots
-                ]
-                if not key.startswith("GET /tasks"):
-                    for index, slot in enumerate(slots):
-                        requests_per_second[index] += len(slot)
-        series["requests per second"] = requests_per_second
-        users: list[int | None] = [None] * seconds
-        for when, count in self.users:
-            index = int(when - start)
-            if 0 <= index < seconds:
-                users[index] = count
-        series["users"] = users
-        if self.scraper is not None:
-            scrapes = self.scraper.scrapes
-            series["server"] = {
-                "second": [round(scrape.time - start, 1) for scrape in scrapes],
-                "loop lag max s": [scrape.lag_max for scrape in scrapes],
-                "threadpool waiting": [scrape.threadpool_waiting for scrape in scrapes],
-            }
-        return series
-
-
-def _task_figures(summary: stats.Summary) -> dict[str, Any]:
-    def seconds(ms: float | None) -> float | None:
-        return None if ms is None else round(ms / 1000, 3)
-
-    return {
-        "completed": summary.count - summary.failures,
-        "failed": summary.failures,
-        "completion.p50": seconds(summary.p50),
-        "completion.p95": seconds(summary.p95),
-        "completion.max": seconds(summary.max),
-        "submitted": 0,
-        "unfinished": 0,
-        "polls_404": 0,
-        "open_at_end": 0,
-    }
 
 
 class ClientMetrics:
@@ -397,7 +300,7 @@ def _quitting(environment: Environment, **_: Any) -> None:
     if _run is None:
         return
     _run.stop()
-    results = _run.results()
+    results: dict[str, Any] = dict(_run.results())
     if _run.conditions:
         outcomes = gates.evaluate(_run.conditions, results)
         results["gates"] = [outcome.as_dict() for outcome in outcomes]

@@ -72,6 +72,16 @@ def running(
             stop(process, grace)
 
 
+def run_bounded(command: Sequence[str], *, log: Path, seconds: float, grace: float = 5.0) -> int:
+    """Run ``command`` until it exits, ``seconds`` at most (then stop it); its exit code, -1 if stopped."""
+    deadline = time.monotonic() + seconds
+    with running(command, log=log, grace=grace) as process:
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        code = process.poll()
+        return -1 if code is None else code
+
+
 def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM the process group, SIGKILL what is left after ``grace`` seconds."""
     if process.poll() is None:

@@ -25,7 +25,16 @@ import httpx
 import psutil
 
 from asyncproof.loadtests import report as reports
-from asyncproof.loadtests.processes import BIN, children, free_port, port_open, running, wait_for
+from asyncproof.loadtests import results as R  # the figures' names, as contract is for metrics
+from asyncproof.loadtests.processes import (
+    BIN,
+    children,
+    free_port,
+    port_open,
+    run_bounded,
+    running,
+    wait_for,
+)
 from asyncproof.loadtests.verdicts import (
     ERRORS,
     HEALTHY,
@@ -210,11 +219,11 @@ def observe(results: dict[str, Any], scenario: Scenario, workers_replaced: int) 
     task = results.get("tasks", {}).get(scenario.style, {})
     submit = results.get("endpoints", {}).get(scenario.submit, {})
     verdict = judge(
-        would_restart=probe.get("would_restart", 0),
-        polls_404=task.get("polls_404", 0),
-        threadpool_waiting_max=server.get("threadpool.waiting.max"),
-        tasks_failed=task.get("unfinished", 0) + task.get("failed", 0),
-        fail_ratio=submit.get("fail_ratio"),
+        would_restart=probe.get(R.WOULD_RESTART, 0),
+        polls_404=task.get(R.POLLS_404, 0),
+        threadpool_waiting_max=server.get(R.THREADPOOL_WAITING_MAX),
+        tasks_failed=task.get(R.UNFINISHED, 0) + task.get(R.FAILED, 0),
+        fail_ratio=submit.get(R.FAIL_RATIO),
     )
     if workers_replaced > 0:
         verdict += f", {WORKER_KILLED}"
@@ -251,28 +260,28 @@ def blocked_at(log: Path) -> str | None:
 def row(scenario: Scenario, results: dict[str, Any], workers_replaced: int) -> dict[str, Any]:
     """The verdict table's figures for one scenario."""
     submit = results.get("endpoints", {}).get(scenario.submit, {})
-    probes = results.get("probes", {})
-    liveness = probes.get("liveness", {})
+    liveness = results.get("probes", {}).get(R.LIVENESS, {})
+    probe = results.get("probe", {})
     task = results.get("tasks", {}).get(scenario.style, {})
     server = results.get("server", {})
-    lag = server.get("loop_lag.p99")
-    lag_max = server.get("loop_lag.max")
+    lag = server.get(R.LOOP_LAG_P99)
+    lag_max = server.get(R.LOOP_LAG_MAX)
     return {
         "scenario": scenario.name,
-        "submit_p50_ms": submit.get("p50"),
-        "submit_p99_ms": submit.get("p99"),
-        "probe_p99_ms": liveness.get("p99"),
-        "probe_failures": results.get("probe", {}).get("failures", 0),
-        "would_restart": results.get("probe", {}).get("would_restart", 0),
+        "submit_p50_ms": submit.get(R.P50),
+        "submit_p99_ms": submit.get(R.P99),
+        "probe_p99_ms": liveness.get(R.P99),
+        "probe_failures": probe.get(R.FAILURES, 0),
+        "would_restart": probe.get(R.WOULD_RESTART, 0),
         "loop_lag_p99_s": None if lag is None else round(lag, 4),
         # the longest stall a scrape saw, a blocked worker's included (it cannot report it itself)
         "loop_lag_max_s": None if lag_max is None else round(lag_max, 3),
-        "threadpool_waiting_max": server.get("threadpool.waiting.max"),
-        "stalls": server.get("stalls"),
-        "task_p95_s": task.get("completion.p95"),
-        "polls_404": task.get("polls_404", 0) if scenario.style else None,
-        "unfinished": task.get("unfinished", 0) if scenario.style else None,
-        "throughput_rps": submit.get("rps"),
+        "threadpool_waiting_max": server.get(R.THREADPOOL_WAITING_MAX),
+        "stalls": server.get(R.STALLS),
+        "task_p95_s": task.get(R.COMPLETION_P95),
+        "polls_404": task.get(R.POLLS_404, 0) if scenario.style else None,
+        "unfinished": task.get(R.UNFINISHED, 0) if scenario.style else None,
+        "throughput_rps": submit.get(R.RPS),
         "workers_replaced": workers_replaced,
     }
 
@@ -393,12 +402,7 @@ class Prover:
             "ReadinessProbe",
             *scenario.users,
         ]
-        deadline = time.monotonic() + seconds + 60
-        with running(command, log=folder / "locust.log", grace=5) as process:
-            while process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.5)
-            code = process.poll()
-            return -1 if code is None else code
+        return run_bounded(command, log=folder / "locust.log", seconds=seconds + 60)
 
     def run_memory(self) -> dict[str, Any]:
         """Resident and unique memory per worker with the warm data set, without and with preload."""

@@ -50,20 +50,6 @@ class Summary:
     def fail_ratio(self) -> float:
         return self.failures / self.count if self.count else 0.0
 
-    def as_dict(self) -> dict[str, float | int | None]:
-        return {
-            "count": self.count,
-            "failures": self.failures,
-            "fail_ratio": round(self.fail_ratio, 6),
-            "p50": self.p50,
-            "p90": self.p90,
-            "p95": self.p95,
-            "p99": self.p99,
-            "max": self.max,
-            "avg": self.avg,
-            "rps": round(self.rps, 3),
-        }
-
 
 def summarize(samples: Sequence[Sample], duration_seconds: float) -> Summary:
     """Percentiles (ms) over every sample, successful or not: a timed-out request is slow too."""

@@ -15,6 +15,7 @@ import gevent
 import requests
 from locust import FastHttpUser, User, constant, tag, task
 
+from asyncproof.loadtests import results
 from asyncproof.loadtests.plugin import PROBE_TYPE, TASK_TYPE, collector
 
 TERMINAL = ("success", "failed")
@@ -84,13 +85,13 @@ class Probe(User):
 
     def _act(self, threshold: int) -> None:
         if self.probe == "liveness":
-            collector.count("probe.would_restart")
+            collector.count(results.probe_counter(results.WOULD_RESTART))
             print(
                 f"asyncproof: liveness failed {threshold} times in a row: the pod would be restarted",
                 flush=True,
             )
         else:
-            collector.count("probe.would_unready")
+            collector.count(results.probe_counter(results.WOULD_UNREADY))
             print(
                 f"asyncproof: readiness failed {threshold} times in a row: the pod would leave the Service",
                 flush=True,
@@ -185,30 +186,32 @@ class TaskUser(WorkUser):
                 response.failure(_why(response))
                 return
             task_id = response.json()["task_id"]
-        counter = f"task.{self.style}"
-        collector.count(f"{counter}.submitted")
+        style = self.style
+        collector.count(results.task_counter(style, results.SUBMITTED))
         deadline = started + _option(self, "task_deadline")
         interval = _option(self, "poll_interval")
         try:
             while time.perf_counter() < deadline:
                 gevent.sleep(interval)
-                status = self._poll(task_id, counter)
+                status = self._poll(task_id)
                 if status in TERMINAL:
                     error = None if status == "success" else RuntimeError("task failed")
                     self._record(started, error)
                     return
-            collector.count(f"{counter}.unfinished")
+            collector.count(results.task_counter(style, results.UNFINISHED))
             self._record(started, RuntimeError("not done by the deadline"))
         except gevent.GreenletExit:
-            collector.count(f"{counter}.open_at_end")  # the run ended while it was being polled
+            collector.count(
+                results.task_counter(style, results.OPEN_AT_END)
+            )  # the run ended while it was being polled
             raise
 
-    def _poll(self, task_id: str, counter: str) -> str | None:
+    def _poll(self, task_id: str) -> str | None:
         with self.client.get(
             f"/tasks/{task_id}", name="/tasks/{id}", headers=self.fresh, catch_response=True
         ) as response:
             if response.status_code == 404:
-                collector.count(f"{counter}.polls_404")
+                collector.count(results.task_counter(self.style, results.POLLS_404))
                 response.failure("404: this worker does not know the task")
                 return None
             if response.status_code != 200:
