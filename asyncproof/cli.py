@@ -166,6 +166,13 @@ def _audit_options(parser: argparse.ArgumentParser) -> None:
         help="sent with every request (repeatable)",
     )
     parser.add_argument(
+        "-f",
+        "--locustfile",
+        action="append",
+        metavar="FILE",
+        help="your own Locust users (repeatable): a phase of their own, then all together",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         metavar="ROUTE",

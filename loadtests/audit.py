@@ -37,12 +37,12 @@ from typing import Any
 import yaml
 
 from asyncproof.loadtests import gates, openapi_cases, stats, verdicts
-from asyncproof.loadtests.processes import BIN, free_port, running, wait_for
+from asyncproof.loadtests.processes import BIN, free_port, run_bounded, running, wait_for
 from asyncproof.loadtests.prove import machine
 
 LOCUSTFILE = Path(__file__).with_name("audit_locustfile.py")
 PROBE_THRESHOLD = 3  # the kubelet's failureThreshold; period 1 s and timeout 1 s, as prove's prober
-LEAD_SECONDS = 2.0  # users spawn and the probes take a first look before the first phase
+LEAD_SECONDS = 1.5  # users spawn and the probes take a first look before the first phase
 BAD_INPUT = 2
 VERDICT_NOT_ALLOWED = 1
 INTERRUPTED = 130
@@ -67,7 +67,7 @@ PROFILES = {
     "quick": Profile(
         "quick",
         phase_seconds=3,
-        settle_seconds=1,
+        settle_seconds=0.5,
         settle_max_seconds=8,
         together_seconds=10,
         requests_per_route=5,
@@ -88,18 +88,29 @@ PROFILES = {
 # --- the plan: phases as seconds from the start of the run (pure) -------------------------------
 
 
-def phases(keys: list[str], profile: Profile, together_seconds: float) -> list[dict[str, Any]]:
-    """Each route alone, one after the other, then all of them together, as planned: the run moves to
-    the next phase once the last one has settled (:class:`asyncproof.loadtests.audit_locustfile.Schedule`)."""
+LOCUSTFILE_PHASE = "your users"  # the phase (and the report's row) of the team's own Locust users
+
+
+def phases(
+    keys: list[str], profile: Profile, together_seconds: float, *, locustfile: bool = False
+) -> list[dict[str, Any]]:
+    """Each route alone, one after the other, the team's own users (``-f``) alone, then all of them
+    together, as planned: the run moves to the next phase once the last one has settled
+    (:class:`asyncproof.loadtests.audit_locustfile.Schedule`)."""
     plan = []
     start = LEAD_SECONDS
+
+    def add(name: str, kind: str, routes: list[str], seconds: float) -> None:
+        nonlocal start
+        plan.append({"name": name, "kind": kind, "routes": routes, "start": start, "end": start + seconds})
+        start += seconds + profile.settle_seconds
+
     for key in keys:
-        plan.append({"name": key, "routes": [key], "start": start, "end": start + profile.phase_seconds})
-        start += profile.phase_seconds + profile.settle_seconds
-    if keys and together_seconds > 0:
-        plan.append(
-            {"name": "together", "routes": list(keys), "start": start, "end": start + together_seconds}
-        )
+        add(key, "routes", [key], profile.phase_seconds)
+    if locustfile:  # their users take a moment to spawn: a longer phase
+        add(LOCUSTFILE_PHASE, "locustfile", [], 2 * profile.phase_seconds)
+    if (keys or locustfile) and together_seconds > 0:
+        add("together", "together", list(keys), together_seconds)
     return plan
 
 
@@ -149,12 +160,19 @@ def _scrape_at(scrapes: list[stats.Scrape], moment: float) -> stats.Scrape | Non
 
 
 def window_figures(
-    raw: dict[str, Any], key: str, start: float, end: float, threshold: int = PROBE_THRESHOLD
+    raw: dict[str, Any],
+    keys: list[str],
+    start: float,
+    end: float,
+    *,
+    routes: list[str] | None = None,
+    threshold: int = PROBE_THRESHOLD,
 ) -> dict[str, Any]:
-    """One route's figures over ``[start, end)`` (absolute times): its requests as the load generator
-    saw them, the probes, and what the server's scrapes say happened meanwhile."""
+    """Figures over ``[start, end)`` (absolute times) of the requests of ``keys`` as the load generator
+    saw them, the probes, and what the server's scrapes say happened meanwhile: stalls of the server's
+    ``routes`` (templates; None: every route's)."""
     samples = raw["samples"]
-    mine = _between(samples.get(key, []), start, end)
+    mine = [sample for key in keys for sample in _between(samples.get(key, []), start, end)]
     summary = stats.summarize(mine, end - start)
     liveness = samples.get("PROBE liveness", [])
     readiness = samples.get("PROBE readiness", [])
@@ -162,8 +180,8 @@ def window_figures(
     scrapes = [stats.scrape_from_dict(data) for data in raw.get("scrapes", [])]
     inside = [scrape for scrape in scrapes if start < scrape.time <= end + 1.0]
     first, last = _scrape_at(scrapes, start), _scrape_at(scrapes, end + 1.0)
-    route = key.partition(" ")[2]
-    stalled = stats.stalls_between(first, last).get(route, {}) if first and last else {}
+    by_route = stats.stalls_between(first, last) if first and last else {}
+    stalled = [figures for route, figures in by_route.items() if routes is None or route in routes]
     return {
         "requests": summary.count,
         "failures": summary.failures,
@@ -181,8 +199,9 @@ def window_figures(
         ),
         "threadpool_waiting_max": max((scrape.threadpool_waiting for scrape in inside), default=None),
         "loop_lag_max_s": max((scrape.lag_max for scrape in inside), default=None),
-        "stalls": int(stalled.get("stalls", 0)),
-        "blocked_seconds": stalled.get("blocked_seconds", 0.0),
+        "stalls": int(sum(figures["stalls"] for figures in stalled)),
+        "blocked_seconds": round(sum(figures["blocked_seconds"] for figures in stalled), 3),
+        "stalled_routes": sorted(route for route, figures in by_route.items() if figures["stalls"] > 0),
     }
 
 
@@ -373,6 +392,10 @@ class Auditor:
         if args.duration is not None and not 0 <= args.duration <= 3600:
             raise AuditError("--duration is seconds of the all-together phase, 0 to 3600")
         self.env = {**os.environ, **(read_env_file(args.env_file) if args.env_file else {})}
+        self.locustfiles = [Path(path).resolve() for path in args.locustfile or []]
+        for path in self.locustfiles:
+            if not path.is_file() or path.suffix != ".py":
+                raise AuditError(f"-f {path}: give a Locust file (.py) with your user classes")
 
     # -- the whole audit
     def run(self) -> dict[str, Any]:
@@ -387,7 +410,7 @@ class Auditor:
         with self._service() as (base, info):
             routes = self._routes(base, info)
             loaded = [route for route in routes if not route.skipped]
-            if not loaded:
+            if not loaded and not self.locustfiles:
                 raise AuditError(
                     "no route could be loaded: " + "; ".join(f"{r.key}: {r.skipped}" for r in routes)
                     if routes
@@ -477,6 +500,9 @@ class Auditor:
         from hypothesis.configuration import set_hypothesis_home_dir
 
         set_hypothesis_home_dir(self.out / ".hypothesis")  # its caches, not in the project's folder
+        if not info.get("openapi_url") and self.locustfiles:
+            self.echo("the app serves no OpenAPI schema: only your users (-f) load it")
+            return []
         if not info.get("openapi_url"):
             raise AuditError(
                 "the app serves no OpenAPI schema (openapi_url=None): the audit reads its routes there"
@@ -511,7 +537,7 @@ class Auditor:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         together = self.args.duration if self.args.duration is not None else self.profile.together_seconds
         keys = [route.key for route in routes]
-        plan = phases(keys, self.profile, together)
+        plan = phases(keys, self.profile, together, locustfile=bool(self.locustfiles))
         seconds = longest_run(plan, self.profile)
         document = {
             "phases": plan,
@@ -528,32 +554,30 @@ class Auditor:
             "health_path": info["health_path"],
             "rate_per_user": self.args.rate / self.args.users if self.args.rate else 0,
             "timeout": self.profile.timeout,
+            "users": self.args.users,
+            "spawn_rate": max(self.args.users / 1.5, 1.0),
         }
         plan_path = self.out / "plan.json"
         plan_path.write_text(json.dumps(document, indent=1))
-        users = self.args.users + 2  # and the two probes
+        theirs = (
+            f", your users ({', '.join(p.name for p in self.locustfiles)}) alone" if self.locustfiles else ""
+        )
         self.echo(
-            f"load: {len(keys)} routes alone for {self.profile.phase_seconds:g} s each, then together for "
-            f"{together:g} s; {self.args.users} users, {self.args.rate or 'unlimited'} requests/s; "
-            f"{seconds:.0f} s at most"
+            f"load: {len(keys)} routes alone for {self.profile.phase_seconds:g} s each{theirs}, "
+            f"then together for {together:g} s; {self.args.users} users, "
+            f"{self.args.rate or 'unlimited'} requests/s; {seconds:.0f} s at most"
         )
         command = [
             str(BIN / "locust"),
-            *("-f", str(LOCUSTFILE), "--headless", "--only-summary", "-H", base),
+            # the load shape in LOCUSTFILE says which users run when, and ends the run
+            *("-f", ",".join(str(path) for path in [LOCUSTFILE, *self.locustfiles])),
+            *("--headless", "--only-summary", "-H", base),
             *("--scrape-url", info["metrics_url"], "--audit-plan", str(plan_path)),
-            *("-u", str(users), "-r", str(max(users / 1.5, 1.0)), "-t", f"{seconds:.0f}s"),
             *("--results-json", str(self.out / "results.json"), "--raw-json", str(self.out / "raw.json")),
             *("--csv", str(self.out / "locust"), "--html", str(self.out / "locust.html")),
             *("--stop-timeout", "1"),
-            "AuditLiveness",
-            "AuditReadiness",
-            "RouteUser",
         ]
-        deadline = time.monotonic() + seconds + 60
-        with running(command, log=self.out / "locust.log", grace=5) as process:
-            while process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.5)
-            code = process.poll()
+        code = run_bounded(command, log=self.out / "locust.log", seconds=seconds + 60)
         raw_path, results_path = self.out / "raw.json", self.out / "results.json"
         if not raw_path.exists() or not results_path.exists() or not (self.out / "phases.json").exists():
             raise AuditError(f"the load generator failed (exit {code}):\n{_tail(self.out / 'locust.log')}")
@@ -593,10 +617,13 @@ class Auditor:
                 )
                 continue
             start, end = owned[route.key]
-            alone = window_figures(raw, route.key, raw["started"] + start, raw["started"] + end)
+            keys, templates = [route.key], [route.path]
+            alone = window_figures(raw, keys, raw["started"] + start, raw["started"] + end, routes=templates)
             if "together" in owned:
                 t_start, t_end = owned["together"]
-                with_others = window_figures(raw, route.key, raw["started"] + t_start, raw["started"] + t_end)
+                with_others = window_figures(
+                    raw, keys, raw["started"] + t_start, raw["started"] + t_end, routes=templates
+                )
             else:
                 with_others = {}
             # "*" is every endpoint: judged on this route's own figures here, not on the worst route's
@@ -630,6 +657,8 @@ class Auditor:
                     "gates_failed": failed_gates,
                 }
             )
+        if LOCUSTFILE_PHASE in owned:
+            rows.append(self._locustfile_row(raw, owned[LOCUSTFILE_PHASE], places))
         rows.sort(key=lambda r: (verdicts.severity(r["verdict"]), r["route"]))
         together = None
         if "together" in owned:
@@ -664,6 +693,42 @@ class Auditor:
             "server": results.get("server", {}),
             "probe": results.get("probe", {}),
             "gates": [outcome.as_dict() for outcome in outcomes],
+        }
+
+    def _locustfile_row(
+        self, raw: dict[str, Any], window: tuple[float, float], places: dict[str, dict[str, int]]
+    ) -> dict[str, Any]:
+        """Your users' phase as one row: every request they made, every route the server saw stall."""
+        start, end = window
+        keys = [key for key in raw["samples"] if not key.startswith(("PROBE ", "TASK "))]
+        figures = window_figures(raw, keys, raw["started"] + start, raw["started"] + end)
+        their_places: dict[str, int] = {}
+        for key, counts in places.items():
+            if key.partition(" ")[2] in figures["stalled_routes"]:
+                for place, count in counts.items():
+                    their_places[place] = their_places.get(place, 0) + count
+        name = f"{LOCUSTFILE_PHASE} ({', '.join(path.name for path in self.locustfiles)})"
+        verdict = verdicts.judge_route(
+            would_restart=figures["would_restart"],
+            threadpool_waiting_max=figures["threadpool_waiting_max"],
+            fail_ratio=figures["fail_ratio"],
+            stalls=figures["stalls"],
+            slow=False,
+        )
+        return {
+            "route": name,
+            "tags": [],
+            "requests_from": "locustfile",
+            "sample_keys": sorted(
+                k for k in keys if _between(raw["samples"][k], raw["started"] + start, raw["started"] + end)
+            ),
+            **figures,
+            "blocked_at": max(their_places, key=lambda p: their_places[p]) if their_places else None,
+            "blocked_places": their_places,
+            "phase": [start, end],
+            "verdict": verdict,
+            "allowed": self.gates.allows(openapi_cases.Route("", name), verdict),
+            "gates_failed": [],
         }
 
 

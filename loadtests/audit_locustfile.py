@@ -2,9 +2,11 @@
 each alone in its phase, then all together.
 
 The plan (``--audit-plan``, JSON written by :mod:`asyncproof.loadtests.audit`) lists the requests of
-every route and the phases as seconds from the start of the run; every user looks up the phase it is
-in before each request, so one Locust run covers every phase and the probes never stop. Samples are
-named by route (``GET /items/{item_id}``): the gates and the report speak of routes.
+every route and the phases; a :class:`Schedule` moves the run from one phase to the next, the route
+users look up the phase before each request, and a load shape (:class:`AuditShape`) runs the team's
+own users (``-f``) in their phase and the last; one Locust run covers every phase and the probes
+never stop. Samples are named by route (``GET /items/{item_id}``): the gates and the report speak of
+routes.
 
 Each request goes on a new connection, as requests behind a load balancer reach whichever worker is
 free to accept; an answer of 5xx or none at all is a failure, a 4xx is the app's answer to its data.
@@ -20,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from locust import FastHttpUser, events, task
+import requests
+from locust import FastHttpUser, LoadTestShape, events, task
 
-from asyncproof.loadtests.plugin import PROBE_TYPE
-from asyncproof.loadtests.users import LivenessProbe, ReadinessProbe, _why
+from asyncproof.loadtests import plugin  # noqa: F401  (registers the event listeners)
+from asyncproof.loadtests import users as probes  # a module: its user classes are not ours to run
 
 
 @events.init_command_line_parser.add_listener
@@ -44,9 +47,10 @@ def _plan(user: Any) -> dict[str, Any]:
 
 class Schedule:
     """Moves the run from phase to phase. A phase lasts its planned seconds; the next one starts only
-    once the requests of this one are answered and a liveness probe sent after that passed (at most
-    ``settle_max`` seconds later): what a route leaves behind (a backlog on a blocked loop) is its
-    own, not the next route's. The phases as they ran are written to ``phases_path``."""
+    once the requests of this one are answered and the app's liveness endpoint answers again within
+    a probe's timeout (at most ``settle_max`` seconds later): what a route leaves behind (a backlog on
+    a blocked loop) is its own, not the next route's. The phases as they ran are written to
+    ``phases_path``."""
 
     def __init__(self, environment: Any, document: dict[str, Any]) -> None:
         self.environment = environment
@@ -54,9 +58,10 @@ class Schedule:
         self.settle_min = document["settle_seconds"]
         self.settle_max = document["settle_max_seconds"]
         self.phases_path = document["phases_path"]
+        self.liveness = (environment.host or "").rstrip("/") + document["health_path"] + "/live"
         self.current: dict[str, Any] | None = None
         self.in_flight = 0
-        self.last_probe: tuple[float, bool] = (0.0, False)  # when the last liveness probe was sent, passed
+        self.done = False
         self.ran: list[dict[str, Any]] = []
 
     def run(self) -> None:
@@ -72,25 +77,25 @@ class Schedule:
                 {**phase, "start": begin - started, "end": time.time() - started, "drained": drained}
             )
             self._write()
-        runner = self.environment.runner
-        if runner is not None:
-            runner.quit()
+        self.done = True  # the shape ends the run
 
     def _settle(self) -> bool:
-        """Wait for this phase's requests to be answered and the loop to answer a probe again."""
+        """Wait for this phase's requests to be answered and the loop to answer a liveness check again."""
         ended = time.monotonic()
         gevent.sleep(self.settle_min)
-        quiet_since: float | None = None
         while time.monotonic() - ended < self.settle_max:
-            if self.in_flight == 0:
-                quiet_since = quiet_since or time.time()
-                sent, passed = self.last_probe
-                if sent >= quiet_since and passed:
-                    return True
-            else:
-                quiet_since = None
+            if self.in_flight == 0 and self._alive():
+                return True
             gevent.sleep(0.1)
         return False
+
+    def _alive(self) -> bool:
+        try:
+            with gevent.Timeout(1.0):
+                response = requests.get(self.liveness, timeout=1.0, headers={"Connection": "close"})
+            return bool(response.ok)
+        except (requests.RequestException, gevent.Timeout):
+            return False
 
     def _write(self) -> None:
         with open(self.phases_path, "w") as file:
@@ -110,18 +115,12 @@ def _start(environment: Any, **_: Any) -> None:
     gevent.spawn(_schedule.run)
 
 
-@events.request.add_listener
-def _probed(request_type: str, name: str, response_time: float, exception: Any, **_: Any) -> None:
-    if _schedule is not None and request_type == PROBE_TYPE and name == "liveness":
-        _schedule.last_probe = (time.time() - response_time / 1000, exception is None)
-
-
-class AuditLiveness(LivenessProbe):
+class AuditLiveness(probes.LivenessProbe):
     def on_start(self) -> None:
         self.path = _plan(self)["health_path"] + "/live"
 
 
-class AuditReadiness(ReadinessProbe):
+class AuditReadiness(probes.ReadinessProbe):
     def on_start(self) -> None:
         self.path = _plan(self)["health_path"] + "/ready"
 
@@ -149,6 +148,9 @@ class RouteUser(FastHttpUser):
         if phase is None:  # between phases: the server settles
             gevent.sleep(0.1)
             return
+        if not phase["routes"]:  # the team's own users' phase
+            gevent.sleep(0.1)
+            return
         key = random.choice(phase["routes"])
         sent = random.choice(document["routes"][key])
         headers = {**sent.get("headers", {}), **self.fresh}
@@ -170,6 +172,34 @@ class RouteUser(FastHttpUser):
             catch_response=True,
         ) as response:
             if not response.status_code or response.status_code >= 500:
-                response.failure(_why(response))
+                response.failure(probes._why(response))
             else:
                 response.success()
+
+
+class AuditShape(LoadTestShape):
+    """Which users run when: the probes always; the route users in the routes' phases and while the
+    server settles; the team's own users (``-f``) in their phase; all of them together last. The run
+    ends when the schedule has run every phase."""
+
+    running: list[type[Any]] | None = None  # the classes of the last tick
+    switching = False
+
+    def tick(self) -> tuple[int, float, list[type[Any]]] | None:
+        runner: Any = self.runner
+        document = plan(runner.environment.parsed_options.audit_plan)
+        if _schedule is not None and _schedule.done:
+            return None
+        probes: list[type[Any]] = [AuditLiveness, AuditReadiness]
+        theirs: list[type[Any]] = [c for c in runner.user_classes if c not in (*probes, RouteUser)]
+        phase = _schedule.current if _schedule is not None else None
+        kind = phase["kind"] if phase is not None else "routes"
+        ours: list[type[Any]] = [RouteUser]
+        wanted = probes + {"routes": ours, "locustfile": theirs, "together": ours + theirs}[kind]
+        if self.running is not None and set(wanted) != set(self.running) and not self.switching:
+            # Locust gives new classes only to the users it adds: stop all but the probes first
+            self.switching = True
+            return len(probes), 100.0, probes
+        self.switching = False
+        self.running = wanted
+        return document["users"] + len(probes), document["spawn_rate"], wanted

@@ -116,7 +116,10 @@ def chart(row: dict[str, Any], raw: dict[str, Any], path: Path) -> None:
     seconds = int(ended - started) + 1
     figure, (latency, health) = plt.subplots(1, 2, figsize=(11, 3.2), sharex=True)
     figure.suptitle(f"{row['route']}: {row['verdict']}", fontsize=11)
-    slots = stats.per_second(raw["samples"].get(row["route"], []), started, seconds)
+    mine = [
+        sample for key in row.get("sample_keys", [row["route"]]) for sample in raw["samples"].get(key, [])
+    ]
+    slots = stats.per_second(mine, started, seconds)
     latency.plot(range(seconds), _gaps([max(slot) if slot else None for slot in slots]), ".", label="max")
     latency.plot(
         range(seconds),

@@ -208,3 +208,39 @@ def test_url_audits_a_service_that_is_already_running(tmp_path: Path) -> None:
     assert info["requests"] > 0
     assert report["server"]["scrapes"] > 0  # its /metrics was read
     assert not (out / "server.log").exists()
+
+
+def test_your_own_locust_users_load_what_generated_requests_cannot_reach(tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    result = audit(
+        "app.main:app",
+        *("--quick", "-H", TOKEN, "--users", "10", "--rate", "40", "--duration", "3"),
+        *("--only", "GET /users/", "-f", "locustfile.py", "--out", str(out)),
+        cwd=BIGGER_APP,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["route"]: row for row in report["routes"]}
+    theirs = rows["your users (locustfile.py)"]
+    assert theirs["verdict"] == "healthy", theirs
+    assert theirs["requests"] > 0
+    assert theirs["fail_ratio"] == 0
+    assert theirs["sample_keys"] == ["GET /items/{item_id}", "PUT /items/{item_id}"]
+    assert rows["GET /users/"]["verdict"] == "healthy"
+    # their users ran in their phase and all together, never in a route's phase
+    phases = {phase["name"]: phase for phase in json.loads((out / "phases.json").read_text())}
+    assert list(phases) == ["GET /users/", "your users", "together"]
+    raw = json.loads((out / "raw.json").read_text())
+    users_phase = phases["GET /users/"]
+    theirs_during_users = [
+        sample
+        for sample in raw["samples"]["GET /items/{item_id}"]
+        if raw["started"] + users_phase["start"] + 1 <= sample[0] < raw["started"] + users_phase["end"] - 1
+    ]
+    assert theirs_during_users == []
+    assert report["together"] is not None
+
+    missing = audit("app.main:app", "-f", "nosuch.py", "--out", str(out), cwd=BIGGER_APP)
+    assert missing.returncode == 2
+    assert "give a Locust file" in missing.stderr

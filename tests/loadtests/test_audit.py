@@ -134,7 +134,7 @@ RAW: dict[str, Any] = {
 
 
 def test_window_figures_count_only_what_happened_in_the_window() -> None:
-    figures = audit.window_figures(RAW, "GET /r", START, END)
+    figures = audit.window_figures(RAW, ["GET /r"], START, END, routes=["/r"])
     assert figures["requests"] == 4
     assert figures["failures"] == 1
     assert figures["fail_ratio"] == 0.25
@@ -149,24 +149,33 @@ def test_window_figures_count_only_what_happened_in_the_window() -> None:
 
 
 def test_window_figures_of_a_route_without_requests_is_an_error_not_healthy() -> None:
-    figures = audit.window_figures(RAW, "GET /silent", START, END)
+    figures = audit.window_figures(RAW, ["GET /silent"], START, END, routes=["/silent"])
     assert (figures["requests"], figures["fail_ratio"], figures["stalls"]) == (0, None, 0)
     assert route_verdict(fail_ratio=figures["fail_ratio"]) == verdicts.ERRORS
 
 
 def test_phases_each_route_alone_then_together() -> None:
-    quick = audit.PROFILES["quick"]  # 3 s a phase, 1 s settling, 8 s at most
+    quick = audit.PROFILES["quick"]  # 3 s a phase, 0.5 s settling, 8 s at most; 1.5 s lead
     plan = audit.phases(["GET /a", "POST /b"], quick, together_seconds=10)
     assert plan == [
-        {"name": "GET /a", "routes": ["GET /a"], "start": 2.0, "end": 5.0},
-        {"name": "POST /b", "routes": ["POST /b"], "start": 6.0, "end": 9.0},
-        {"name": "together", "routes": ["GET /a", "POST /b"], "start": 10.0, "end": 20.0},
+        {"name": "GET /a", "kind": "routes", "routes": ["GET /a"], "start": 1.5, "end": 4.5},
+        {"name": "POST /b", "kind": "routes", "routes": ["POST /b"], "start": 5.0, "end": 8.0},
+        {"name": "together", "kind": "together", "routes": ["GET /a", "POST /b"], "start": 8.5, "end": 18.5},
     ]
-    assert audit.longest_run(plan, quick) == 2 + (3 + 8) + (3 + 8) + (10 + 8) + 5
+    assert audit.longest_run(plan, quick) == 1.5 + (3 + 8) + (3 + 8) + (10 + 8) + 5
     assert [phase["name"] for phase in audit.phases(["GET /a"], quick, together_seconds=0)] == ["GET /a"]
     assert audit.phases([], quick, together_seconds=10) == []
+    # your own users (-f): a phase of their own, twice as long, before the one all together
+    with_users = audit.phases(["GET /a"], quick, together_seconds=10, locustfile=True)
+    assert [(p["name"], p["kind"], p["end"] - p["start"]) for p in with_users] == [
+        ("GET /a", "routes", 3),
+        (audit.LOCUSTFILE_PHASE, "locustfile", 6),
+        ("together", "together", 10),
+    ]
+    only_users = audit.phases([], quick, together_seconds=10, locustfile=True)
+    assert [p["kind"] for p in only_users] == ["locustfile", "together"]
     ran = [{**plan[0], "end": 7.5}, plan[2]]  # as the run settled them: the first took longer
-    assert audit.windows(ran) == {"GET /a": (2.0, 7.5), "together": (10.0, 20.0)}
+    assert audit.windows(ran) == {"GET /a": (1.5, 7.5), "together": (8.5, 18.5)}
 
 
 # --- the stall watchdog's lines ---------------------------------------------------------------------
