@@ -635,8 +635,15 @@ class StallWatchdog:
         middleware_frame = request_id_frame = app_frame = callee = None
         frames: list[str] = []
         inner = None
-        frame: types.FrameType | None = top
-        while frame is not None:
+        # The whole chain first, in one go: what follows may let the loop's thread run (classifying a
+        # file name reads the file system), and on CPython 3.11 a running coroutine's f_back read
+        # after that can come back None, cutting the chain below the endpoint (no request found).
+        chain: list[types.FrameType] = []
+        link: types.FrameType | None = top
+        while link is not None:
+            chain.append(link)
+            link = link.f_back
+        for frame in chain:
             code = frame.f_code
             if code is _MIDDLEWARE_CODE:
                 if middleware_frame is None:
@@ -651,7 +658,6 @@ class StallWatchdog:
                         app_frame, callee = frame, inner
                     frames.append(f"{shown}:{frame.f_lineno} in {code.co_name}")
             inner = frame
-            frame = frame.f_back
         scope = middleware = None
         if middleware_frame is not None:
             found = middleware_frame.f_locals
