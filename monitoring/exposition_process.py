@@ -238,10 +238,9 @@ class ExpositionKeeper:
         pid = serving_pid(self.path)
         if pid is not None:
             return pid
-        if self.deployment != os.getpid() and (os.getppid() != self._parent or self.deployment == 1):
+        if self.deployment != os.getpid() and os.getppid() != self._parent:
             # Our server is gone (SIGKILLed master) and this worker lives on: a process started now
-            # would follow a deployment that no longer exists. A worker that finished starting after
-            # its server died was handed to init (pid 1) before it looked: it is no deployment.
+            # would follow a deployment that no longer exists.
             if not self._orphan_logged:
                 self._orphan_logged = True
                 log.warning(
